@@ -157,6 +157,8 @@ def _add_optout(commands: Any) -> None:
 def _add_demo(commands: Any) -> None:
     parser = commands.add_parser("demo", help="simulated carriers + the daemon + one OTP (make demo)")
     _add_config(parser)
+    parser.add_argument("--once", action="store_true",
+                        help="stop after the demo message reached a final status")
 
 
 def _add_smsc_sim(commands: Any) -> None:

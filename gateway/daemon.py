@@ -1,0 +1,353 @@
+"""The composition root: builds every part from the config, supervises them, handles signals.
+
+Only this module knows every part. Start order: store (recover what was in flight) → event
+publisher → carrier pools (binds start) → dispatcher → HTTP → ingress; READY=1 once /healthz
+answers (store open, `{prefix}/submit` subscribed). Stop order (SIGTERM/SIGINT): STOPPING=1, no
+submit_sm after the signal (the dispatcher stops at once), the ingress stops taking work, binds
+wait for outstanding responses up to `shutdown_timeout_s` and unbind, what was not sent goes back
+to the queue, events are flushed, the store closes; exit 0. SIGHUP reloads the YAML (an invalid
+file is refused and the running config stays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.config import CarrierConfig, Config, ConfigError, load_config, reload_plan
+from gateway.http import HttpServer, Response
+from gateway.log import configure_logging, get_logger
+from gateway.metrics import Metrics
+from gateway.model import Priority, Status
+from gateway.ops.sdnotify import Notifier
+from gateway.queue.admit import Admission
+from gateway.queue.dispatch import DispatchSettings, Dispatcher, reserved_slots
+from gateway.queue.events import EventPublisher
+from gateway.queue.inbound import InboundHandler
+from gateway.queue.ingress import Ingress
+from gateway.queue.mqtt import MqttSettings
+from gateway.queue.store import Store
+from gateway.routing.table import RouteTable
+from gateway.smpp.message import TextOptions
+from gateway.smpp.connection import ssl_context
+from gateway.smpp.pool import CarrierPool
+
+log = get_logger("gateway.daemon")
+
+
+def text_options(c: CarrierConfig) -> TextOptions:
+    return TextOptions(mode=c.concatenation, reference_bits=c.reference_bits,
+                       max_parts=c.max_parts, gsm_data_coding=c.data_coding,
+                       source_ton=c.source_ton, source_npi=c.source_npi,
+                       default_sender=c.default_sender)
+
+
+def route_table(cfg: Config) -> RouteTable:
+    return RouteTable.from_config([(r.prefix, list(r.carriers)) for r in cfg.routes])
+
+
+def dispatch_settings(cfg: Config) -> DispatchSettings:
+    d = cfg.dispatch
+    return DispatchSettings(otp_reserve=d.otp_reserve,
+                            transactional_weight=int(d.weights.transactional),
+                            marketing_weight=int(d.weights.marketing))
+
+
+def mqtt_settings(cfg: Config) -> MqttSettings:
+    """The MQTT side's settings from `cfg.mqtt` (durations to whole seconds, TLS context built)."""
+    m = cfg.mqtt
+    return MqttSettings(
+        host=m.host, port=m.port, topic_prefix=m.topic_prefix, client_id=m.client_id,
+        username=m.username, password=m.password.get() if m.password is not None else None,
+        tls_context=ssl_context(m.tls) if m.tls is not None else None,
+        keepalive_s=max(1, int(m.keepalive)), session_expiry_s=int(m.session_expiry_s),
+    )
+
+
+def _sqlite_parent(url: str) -> None:
+    """Create the folder of a SQLite file (a fresh demo or state directory)."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
+        if str(path) not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
+class Gateway:
+    """The running daemon: every part, wired. `await start()`, then `await stop()`."""
+
+    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self.metrics = Metrics()
+        self.store: Store | None = None
+        self.publisher: EventPublisher | None = None
+        self.ingress: Ingress | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.admission: Admission | None = None
+        self.pools: dict[str, CarrierPool] = {}
+        self.http: HttpServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started_at = time.time()
+        self.stopping = asyncio.Event()
+
+    # -- wiring -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        url = cfg.store.resolved_url()
+        _sqlite_parent(url)
+        self.store = store = await Store.open(url)
+        recovered = await store.recover_in_flight(time.time())
+        if recovered:
+            log.warning("recovered_in_flight", messages=len(recovered))
+
+        settings = mqtt_settings(cfg)
+        self.publisher = publisher = EventPublisher(settings)
+        self._spawn(publisher.run(), "events")
+
+        inbound = InboundHandler(
+            publish_mo=lambda **kw: publisher.publish_mo(
+                kw["sender"], kw["to"], kw["text"], kw["carrier"]),
+            add_opt_out=lambda number, source: store.add_opt_out(number, source, time.time()),
+            opt_out_keywords=cfg.policies.opt_out_keywords,
+        )
+        self.dispatcher = dispatcher = Dispatcher(
+            store=store, publish=self._publish, routes=route_table(cfg),
+            settings=dispatch_settings(cfg), inbound=inbound,
+        )
+        for c in cfg.carriers:
+            self._add_carrier(c)
+        self._spawn(dispatcher.run(), "dispatch")
+
+        self.admission = Admission(
+            store=store, publish=self._publish_event, routes=route_table(cfg),
+            text_options=lambda name: text_options(self.cfg.carrier(name)),
+            max_age=lambda p: self.cfg.dispatch.max_age.for_priority(p),
+            on_accepted=dispatcher.notify,
+        )
+        self.ingress = Ingress(settings, self.admission, publisher)
+        self._spawn(self.ingress.run(), "ingress")
+
+        listen = cfg.http.listen
+        self.http = HttpServer(listen.host, listen.port, {
+            "/healthz": self._healthz, "/status": self._status, "/metrics": self._metrics,
+        })
+        await self.http.start()
+        self._spawn(self._ready_when_subscribed(), "ready")
+
+    def _add_carrier(self, c: CarrierConfig) -> None:
+        assert self.dispatcher is not None
+        d = self.dispatcher
+        pool = CarrierPool(c, d.on_event(c.name))
+        self.pools[c.name] = pool
+        d.add_carrier(c.name, pool, tps=c.tps, window=c.window, opts=text_options(c),
+                      status_overrides=c.status_overrides, retries=c.submit_retries)
+        pool.start()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stopping.is_set():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("task_crashed", task=task.get_name(), error=repr(exc))
+            self.stopping.set()
+
+    async def _ready_when_subscribed(self) -> None:
+        assert self.ingress is not None
+        await self.ingress.subscribed.wait()
+        self.notifier.notify("READY=1")
+        log.info("ready", carriers=len(self.pools))
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            while True:
+                self.notifier.notify("WATCHDOG=1")
+                await asyncio.sleep(interval)
+
+    # -- events (counted for /metrics) -------------------------------------------------------
+
+    async def _publish(self, id: str, status: Status, **fields: Any) -> None:  # noqa: A002
+        assert self.publisher is not None
+        self.metrics.on_status(status)
+        await self.publisher.publish_event(id, status, **fields)
+
+    async def _publish_event(self, id: str, event: Any) -> None:  # noqa: A002
+        assert self.publisher is not None
+        self.metrics.on_status(event.status)
+        await self.publisher.publish(id, event)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def carriers_down(self) -> list[str]:
+        return [name for name, p in self.pools.items() if not p.ready]
+
+    async def _healthz(self) -> Response:
+        if self.store is None or self.ingress is None or not self.ingress.subscribed.is_set():
+            return Response.json(503, {"status": "starting"})
+        down = self.carriers_down()
+        if down:
+            return Response.json(503, {"status": "degraded", "carriers_down": down})
+        return Response.json(200, {"status": "ok"})
+
+    async def status_doc(self) -> dict[str, Any]:
+        assert self.store is not None and self.dispatcher is not None
+        depth = await self.store.queue_depth()
+        snap = self.dispatcher.snapshot()
+        carriers = {}
+        for name, pool in self.pools.items():
+            h = pool.health
+            c = self.cfg.carrier(name)
+            dsnap = snap["carriers"].get(name, {})
+            carriers[name] = {
+                "binds_up": h.binds_up, "binds_configured": h.binds_configured,
+                "window_in_use": h.window_in_use, "window_size": h.window_size,
+                "tps_configured": c.tps, "throttle": dsnap.get("throttle"),
+                "lanes": dsnap.get("lanes"), "submitted_parts": dsnap.get("submitted_parts"),
+                "host": c.host, "port": c.port,
+            }
+        ingress = self.ingress.stats if self.ingress else None
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "carriers": carriers,
+            "queue_depth": {p.label: depth.get(p, 0) for p in Priority},
+            "dispatch": {k: snap[k] for k in ("held", "parked", "counters", "responses_by_status")},
+            "ingress": None if ingress is None else {
+                "received": ingress.received, "acked": ingress.acked,
+                "lag": ingress.received - ingress.acked,
+            },
+            "events_pending": self.publisher.pending() if self.publisher else 0,
+        }
+
+    async def _status(self) -> Response:
+        return Response.json(200, await self.status_doc())
+
+    async def _metrics(self) -> Response:
+        doc = await self.status_doc()
+        return Response(200, self.metrics.render(doc), "text/plain; version=0.0.4; charset=utf-8")
+
+    # -- reload -------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """SIGHUP: apply a new YAML; an invalid one is refused and the running config stays."""
+        if not self.config_path:
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload_refused", problem=problem)
+            return False
+        old, self.cfg = self.cfg, new
+        plan = reload_plan(old, new)
+        d = self.dispatcher
+        assert d is not None and self.admission is not None
+        routes = route_table(new)
+        d.set_routes(routes)
+        self.admission.routes = routes
+        for name in plan.removed:
+            pool = self.pools.pop(name)
+            d.carriers.pop(name, None)
+            self._spawn(pool.stop(new.shutdown_timeout_s), f"drain-{name}")
+        for name in plan.rebind:
+            pool = self.pools.pop(name)
+            d.carriers.pop(name, None)
+            self._spawn(pool.stop(new.shutdown_timeout_s), f"rebind-{name}")
+            self._add_carrier(new.carrier(name))
+        for name in plan.added:
+            self._add_carrier(new.carrier(name))
+        for name in plan.updated:
+            c = new.carrier(name)
+            self.pools[name].set_window(c.window)
+            lane = d.carriers.get(name)
+            if lane is not None:
+                lane.reserve = reserved_slots(c.window, d.settings.otp_reserve)
+                lane.throttle.set_limit(c.tps, asyncio.get_running_loop().time())
+                lane.opts = text_options(c)
+        log.info("reloaded", added=list(plan.added), removed=list(plan.removed),
+                 rebound=list(plan.rebind), updated=list(plan.updated))
+        return True
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        self.notifier.notify("STOPPING=1")
+        timeout = self.cfg.shutdown_timeout_s
+        if self.dispatcher is not None:
+            await self.dispatcher.stop_sending()  # no submit_sm from here on
+        if self.ingress is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ingress.stop(), timeout)
+        await asyncio.gather(*(p.stop(timeout) for p in self.pools.values()),
+                             return_exceptions=True)
+        if self.dispatcher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.dispatcher.finish(), timeout)
+        if self.publisher is not None:
+            with contextlib.suppress(Exception):
+                await self.publisher.flush(timeout=min(timeout, 5.0))
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        if self.http is not None:
+            await self.http.stop()
+        if self.store is not None:
+            await self.store.close()
+        self.notifier.close()
+        log.info("stopped")
+
+
+async def serve(cfg: Config, config_path: str | None = None) -> int:
+    gw = Gateway(cfg, config_path)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_stop(signame: str) -> None:
+        log.info("signal", signal=signame)
+        if gw.dispatcher is not None:
+            gw.dispatcher.halt()  # synchronously: no submit_sm after the signal
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gw.reload()))
+    try:
+        await gw.start()
+    except Exception as exc:
+        log.error("start_failed", error=str(exc))
+        await gw.stop()
+        return 1
+    waiter = asyncio.ensure_future(stop.wait())
+    crashed = asyncio.ensure_future(gw.stopping.wait())
+    await asyncio.wait({waiter, crashed}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0 if stop.is_set() else 1
+    await gw.stop()
+    waiter.cancel()
+    crashed.cancel()
+    return code
+
+
+def run(config_path: str) -> int:
+    """`smsgw run --config PATH`."""
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    configure_logging(getattr(cfg, "log_level", "info") or "info")
+    log.info("starting", pid=os.getpid(), summary=cfg.summary())
+    return asyncio.run(serve(cfg, config_path))

@@ -1,0 +1,1 @@
+"""Operations helpers: systemd notification and the like."""
