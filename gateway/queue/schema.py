@@ -4,9 +4,10 @@ One schema serves SQLite and PostgreSQL. Times are integer microseconds since th
 the store's API speaks float seconds and converts): exact in both engines, exact through the
 JSON that carries SQLite's bulk statements and results (SQLite prints a REAL in JSON with 15
 significant digits, 10 µs for an epoch time), and cheap to compare. Text digests are hex
-strings for the same reason. Small enums are stored as their integer value (`model.MessageState`, `model.PartState`, `model.Priority`) so that the partial
-indexes below can name them as constants; statuses, reasons and receipt errors are short strings,
-as published in events.
+strings for the same reason. Small enums are stored as their integer value
+(`model.MessageState`, `model.PartState`, `model.Priority`) so that the partial indexes below
+can name them as constants; statuses, reasons and receipt errors are short strings, as published
+in events.
 
 Versioning: `schema_version` holds one row per applied migration (version, description,
 applied_at); the database's version is the highest one. `migrate()` applies the missing steps of

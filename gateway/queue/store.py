@@ -590,6 +590,9 @@ def _split(flat: list[T], payloads: Sequence[Sequence[Any]]) -> list[list[T]]:
 
 
 class _Sql:
+    """Every query of the store, prepared once per dialect. Hot statements are driver SQL
+    (`_Select`, `_Bulk`, one array parameter for IN lists); cold ones use SQLAlchemy Core."""
+
     def __init__(self, dialect: str) -> None:
         d = self.d = _Dialect(dialect)
         purge = f"text = CASE WHEN messages.priority = {_OTP} THEN NULL ELSE messages.text END"
