@@ -21,7 +21,9 @@ Theory of operation (after h11's ``_state.py`` and aioquic's ``QuicConnection``)
 * Errors from the peer never raise. Bytes that break framing, or a request illegal in the state,
   end the session: ``ProtocolError(fatal=True)``, one ``RequestFailed`` per request still waiting,
   then ``Closed(reason)``; the state is CLOSED and the driver closes the socket. A framed PDU with a
-  bad body or an unknown command id is answered with generic_nack and the session goes on.
+  bad body is answered with its *_resp carrying the error status (``pdu.error_response``), an
+  unknown command id (or one this role never receives) with generic_nack ESME_RINVCMDID, and the
+  session goes on (``ProtocolError(fatal=False)``).
 * Every transition to CLOSED ends with exactly one ``Closed`` event, after the events that explain
   it (``Unbound``, ``LinkDead``, ``BindFailed``, ``ProtocolError``, ``RequestFailed``...). The
   driver's rule is therefore simply: on ``Closed``, close the transport.
@@ -690,9 +692,10 @@ class Session:
         if command_id is None:
             raise LocalProtocolError(f"no unanswered request with sequence number {seq}")
         # Hot paths first: the simulator answers every submit_sm, the gateway every deliver_sm.
-        if command_id == _SUBMIT_SM and len(fields) <= 1:
+        only_message_id = not fields or (len(fields) == 1 and "message_id" in fields)
+        if command_id == _SUBMIT_SM and only_message_id:
             data = encode_submit_sm_resp(seq, fields.get("message_id", ""), status)
-        elif command_id == _DELIVER_SM and not fields.get("message_id"):
+        elif command_id == _DELIVER_SM and only_message_id and not fields.get("message_id"):
             # deliver_sm_resp's only field, message_id, is unused (always NULL, SMPP 3.4 4.6.2).
             data = encode_deliver_sm_resp(seq, status)
         elif command_id in _BINDS:

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from gateway.smpp.pdu import CommandId, CommandStatus, Pdu, encode
@@ -403,6 +403,11 @@ class SmscSimulator:
         """Undo ``stop_answering``. What arrived meanwhile stays unanswered."""
         self._silent = False
         self._hold_submits = False
+        if self._loop is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._loop.call_soon(self._on_timer)  # catch up on timers that fell due meanwhile
 
     def send_garbage(self, data: bytes = b"\x00\x00\x00\x05junk!", system_id: str | None = None
                      ) -> int:
@@ -689,6 +694,8 @@ class SmscSimulator:
 
     def _on_timer(self) -> None:
         self._timer = None
+        if self._silent:
+            return  # a hung carrier sends nothing, not even enquire_link; resume re-arms
         now = self._loop_time()
         for conn in list(self._connections):
             session = conn.session
@@ -850,11 +857,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _iter_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
+def _parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gateway.smpp.simulator")
     add_arguments(parser)
     return parser.parse_args(None if argv is None else list(argv))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(_iter_args()))
+    raise SystemExit(main(_parse_args()))
