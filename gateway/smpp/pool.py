@@ -269,16 +269,14 @@ class CarrierPool:
     @property
     def health(self) -> PoolHealth:
         """Snapshot of every bind."""
-        loop_time = asyncio.get_running_loop().time() if self._started else None
         binds = []
         up = tx_up = in_use = size = attempts = 0
         for conn in self.connections:
             bound = conn.is_bound
-            since = conn.bound_since
+            up_s = conn.up_s
             binds.append(BindHealth(
                 index=conn.index, bind_type=conn.bind_type, state=conn.state.value,
-                up_s=(round(loop_time - since, 3) if bound and since is not None
-                      and loop_time is not None else None),
+                up_s=round(up_s, 3) if bound and up_s is not None else None,
                 window_in_use=conn.window_in_use, window_size=conn.window_size,
                 bind_attempts=conn.bind_attempts, last_error=conn.last_error))
             attempts += conn.bind_attempts

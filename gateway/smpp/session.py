@@ -35,7 +35,7 @@ import enum
 import struct
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from gateway.smpp import pdu as _pdu
@@ -447,7 +447,7 @@ class SessionConfig:
     """
 
     system_id: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in a log line
     system_type: str = ""
     bind_type: BindType = "transceiver"
     interface_version: int = 0x34

@@ -14,10 +14,15 @@ import asyncio
 import functools
 import itertools
 import random
+import shutil
+import socket
+import ssl
 import struct
+import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -243,14 +248,16 @@ async def test_simulator_killed_and_restarted_pool_rebinds_with_backoff(sims: An
         killed = loop.time()
         await asyncio.sleep(4.0)
         attempts = [t for c in pool.connections for t in c.attempt_times if t > killed]
-        # Connection refused meanwhile: the attempts are spread, at most 2 a second for the
-        # carrier, and each bind's delays grow (0.2 → 0.4 → 0.8 → 1.6 s, less jitter).
+        # Connection refused meanwhile. The two binds share the carrier's limit: never more than
+        # 2 attempts in any second (while the backoff is short, the limit is what spaces them),
+        # and each bind's backoff grows (0.2 → 0.4 → 0.8 → 1.6 s, less up to 25 % jitter).
         assert 4 <= len(attempts) <= 9, attempts
         assert max_per_second(attempts) <= 2
+        assert max(attempts) - min(attempts) > 2.0  # still trying, spread over the outage
         for c in pool.connections:
-            mine = [t for t in c.attempt_times if t > killed]
-            gaps = [b - a for a, b in itertools.pairwise(mine)]
-            assert gaps and gaps[-1] > gaps[0], gaps
+            delays = [e["retry_in_s"] for e in logs
+                      if e["event"] == "bind down" and e["bind"] == c.index]
+            assert len(delays) >= 3 and delays[0] < delays[1] < delays[2], delays
         assert pool.health.binds_up == 0 and pool.pick() is None
         sim2 = await sims(port=port)
         await until(lambda: pool.health.binds_up == 2, 4.0)
@@ -285,14 +292,15 @@ async def test_carrier_that_drops_every_bind_at_once_gets_growing_delays(sims: A
             await asyncio.sleep(0.002)
 
     task = asyncio.create_task(flapper())
-    pool = pools(carrier("alpha", sim.port, binds=1, reconnect_s=0.2, reconnect_max_s=3.2),
+    pool = pools(carrier("alpha", sim.port, binds=1, reconnect_s=0.5, reconnect_max_s=4.0),
                  Recorder())
     try:
         await asyncio.sleep(4.5)
     finally:
         task.cancel()
-    # 0 → 0.2 → 0.6 → 1.4 → 3.0 (less jitter): about 5 attempts in 4.5 s, not 20 or 45.
-    assert 3 <= len(seen) <= 6, seen
+    # Delays 0.5, 1, 2 s less up to 25 % jitter (the first one raised to the 0.5 s spacing of
+    # the bind limit): attempts at about 0, 0.5, 1.4, 3.2 s: 4 in 4.5 s, not hundreds.
+    assert 3 <= len(seen) <= 5, seen
     gaps = [b - a for a, b in itertools.pairwise(seen)]
     assert all(b > a for a, b in itertools.pairwise(gaps)), gaps
     assert pool.connections[0].backoff.level >= 3
@@ -358,8 +366,7 @@ async def test_random_bytes_after_bind_never_crash_anything(pools: Any) -> None:
                 blob = (16 + len(blob)).to_bytes(4, "big") + rng.randbytes(12) + blob
             writer.write(blob)
             await writer.drain()
-            await reader.read(65536)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.2)  # then hang up, whatever the client made of it
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -370,7 +377,7 @@ async def test_random_bytes_after_bind_never_crash_anything(pools: Any) -> None:
     try:
         pool = pools(carrier("alpha", port, reconnect_s=0.05, reconnect_max_s=0.05,
                              response_timeout_s=0.3), Recorder())
-        await until(lambda: binds >= 5, 10)
+        await until(lambda: binds >= 5, 8)
         assert pool.connections[0].bind_attempts >= 5
     finally:
         server.close()
@@ -392,7 +399,7 @@ async def test_smsc_that_never_answers_the_bind_times_out_and_retries(sims: Any,
     down = [e for e in logs if e["event"] == "bind down"]
     assert down and all(e["reason"] == "bind timed out" for e in down)
     delays = [e["retry_in_s"] for e in down]
-    assert delays == sorted(delays)
+    assert delays[0] < delays[1] < delays[2] <= 0.8  # 0.2, 0.4, 0.8 less jitter; capped
 
 
 async def test_peer_unbind_rebinds(sims: Any, pools: Any) -> None:
@@ -435,7 +442,8 @@ async def test_close_waits_for_outstanding_then_unbinds(sims: Any) -> None:
     await conn.close(timeout=2.0)
     kinds = [type(ev).__name__ for _c, ev in rec.events]
     assert kinds == ["Bound"] + ["SubmitResponse"] * 5 + ["Unbound", "Closed"]
-    assert not rec.events[-2][1].by_peer
+    unbound = rec.events[-2][1]
+    assert isinstance(unbound, Unbound) and not unbound.by_peer
     with pytest.raises(NotBound):
         conn.submit(FIELDS, 99)
     await until(lambda: sim.active_binds == 0)
@@ -545,3 +553,81 @@ async def test_respond_for_a_dead_session_is_refused(sims: Any) -> None:
         assert gen == 2 and c.respond(seq, generation=gen) is True
     finally:
         await conn.close(0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Socket options and TLS
+# --------------------------------------------------------------------------------------------
+
+
+def _sockopt_nodelay(conn: Connection) -> int:
+    link = conn._link  # noqa: SLF001 - the test looks at the live socket
+    assert link is not None and link.transport is not None
+    sock = link.transport.get_extra_info("socket")
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+@pytest.mark.parametrize("nodelay", [True, False])
+async def test_tcp_nodelay_is_set(sims: Any, nodelay: bool) -> None:
+    sim = await sims()
+    conn = Connection(carrier("alpha", sim.port), Recorder(), nodelay=nodelay)
+    conn.start()
+    try:
+        await until(lambda: conn.is_bound)
+        assert _sockopt_nodelay(conn) == int(nodelay)
+    finally:
+        await conn.close(0.5)
+
+
+async def test_tls_to_the_carrier(sims: Any, tmp_path: Path) -> None:
+    """A TLS-terminating relay in front of the simulator (which speaks plain TCP): the carrier's
+    certificate is checked against ``tls.ca_file``; TCP_NODELAY is still set under TLS."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    sim = await sims()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", sim.port)
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    rec = Recorder()
+    try:
+        conn = Connection(carrier("alpha", port, tls={"ca_file": str(cert)}), rec)
+        conn.start()
+        await until(lambda: conn.is_bound)
+        assert _sockopt_nodelay(conn) == 1
+        conn.submit(FIELDS, "tls")
+        await until(lambda: len(rec.of(DeliverSmReceived)) == 1)
+        assert [ev.context for ev in rec.of(SubmitResponse)] == ["tls"]
+        await conn.close(1.0)
+        # Against a certificate it does not trust, the bind never comes up.
+        with capture_logs() as logs:
+            bad = Connection(carrier("alpha", port, tls=True), Recorder())
+            bad.start()
+            await until(lambda: bad.bind_attempts >= 1 and bad.last_error != "")
+            await bad.close(0.1)
+        assert "CERTIFICATE_VERIFY_FAILED" in bad.last_error or any(
+            "CERTIFICATE_VERIFY_FAILED" in str(e.get("reason")) for e in logs)
+    finally:
+        server.close()

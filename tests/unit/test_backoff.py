@@ -103,20 +103,28 @@ def test_invalid_parameters(initial: float, maximum: float, jitter: float) -> No
 
 def test_limiter_spaces_attempts() -> None:
     lim = BindLimiter(2.0)
-    assert [lim.reserve(0.0) for _ in range(4)] == [0.0, 0.5, 1.0, 1.5]
-    assert lim.reserve(10.0) == 10.0  # idle time is not saved up as a burst
-    assert lim.reserve(10.1) == 10.5
+    assert lim.acquire(0.0) == 0.0
+    assert lim.acquire(0.1) == pytest.approx(0.4)  # not yet: ask again in 0.4 s
+    assert lim.acquire(0.5) == 0.0
+    assert lim.acquire(0.9) == pytest.approx(0.1)
+    assert lim.acquire(1.2) == 0.0  # a late start moves the next slot too
+    assert lim.acquire(1.6) == pytest.approx(0.1)
+    assert lim.acquire(10.0) == 0.0  # idle time is not saved up as a burst
+    assert lim.acquire(10.1) > 0
 
 
 @given(st.lists(st.floats(0.0, 100.0), min_size=1, max_size=200), st.sampled_from([1.0, 2.0, 5.0]))
 def test_limiter_never_more_than_rate_in_any_second(requests: list[float], rate: float) -> None:
+    """Callers asking at arbitrary times, retrying after the wait they are told (plus jitter)."""
     lim = BindLimiter(rate)
-    starts = [lim.reserve(now) for now in sorted(requests)]
-    for now, at in zip(sorted(requests), starts, strict=True):
-        assert at >= now
+    starts = []
+    for now in sorted(requests):
+        while (wait := lim.acquire(now)) > 0:
+            now += wait + 0.001
+        starts.append(now)
     starts.sort()
     for i, t in enumerate(starts):
-        in_window = sum(1 for u in starts[i:] if u < t + 1.0 - 1e-9)
+        in_window = sum(1 for u in starts[i:] if u < t + 1.0)
         assert in_window <= rate
 
 
