@@ -168,7 +168,9 @@ class EventPublisher:
     ) -> None:
         """Queue `{prefix}/mo`: `{"from", "to", "text", "carrier", "at", **fields}`."""
         at = fields.pop("at", None)
-        doc = {"from": from_, "to": to, "text": text, "carrier": carrier, "at": self._at(at)}
+        doc: dict[str, object] = {
+            "from": from_, "to": to, "text": text, "carrier": carrier, "at": self._at(at),
+        }
         doc.update(fields)
         await self._put(_Out(self._mo_topic, _dumps(doc), "mo"))
 

@@ -8,6 +8,8 @@ session and comes back on the next connection with the same client id, whatever 
 Flow, with every stage bounded (memory does not grow with the backlog):
 
     broker ──(at most `receive_maximum` unacknowledged messages: MQTT 5 Receive Maximum)──▶
+    inbox: at most `max_buffered` messages / `max_buffered_bytes`, then the socket is not read
+            (Mosquitto 2.0 overshoots the Receive Maximum once acks flow; see mqtt.py)
     reader: wait for one message, then take what is already queued (natural batching, up to
             `batch_max`); parse each (`parse_submission`); unparseable → `{prefix}/rejected`
     admit(batch) as a task; at most `max_batches_in_flight` batches between reader and acker
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.model import Rejection, Submission
 from gateway.queue import mqtt
@@ -97,11 +100,14 @@ class IngressStats:
     admit_failures: int = 0
     connects: int = 0
     in_flight_batches: int = 0  # gauge
+    buffered_peak: int = 0  # most received messages held before a batch took them
+    read_pauses: int = 0  # times the socket was not read because that buffer was full
 
 
 @dataclass(slots=True)
 class _Connection:
     client: aiomqtt.Client
+    inbox: mqtt.Inbox
     alive: bool = True
 
 
@@ -118,7 +124,7 @@ class Ingress:
     """Subscribes `{prefix}/submit` on a persistent MQTT 5 session and feeds `admit`.
 
     Run `run()` as a task; `subscribed` is set while the subscription is live (readiness).
-    `stop()` finishes the batches in flight (acked) and disconnects; cancelling `run()`
+    `await stop()` finishes the batches in flight (acked) and disconnects; cancelling `run()`
     instead drops them unacked (the broker redelivers them on the next start).
     """
 
@@ -132,6 +138,8 @@ class Ingress:
         batch_linger_s: float = 0.0,
         max_batches_in_flight: int = 4,
         receive_maximum: int = 1_000,
+        max_buffered: int | None = None,
+        max_buffered_bytes: int = 32 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """
@@ -141,7 +149,11 @@ class Ingress:
         max_batches_in_flight: admit calls outstanding at once; with `batch_max` it bounds the
             messages held between broker and acker.
         receive_maximum: MQTT 5 Receive Maximum: unacknowledged submissions the broker may have
-            in flight to us (the ceiling of a batch: the broker sends no more until we ack).
+            in flight to us (the broker should send no more until we ack).
+        max_buffered, max_buffered_bytes: received messages (payload bytes) held before a batch
+            takes them; past either, the socket is not read (TCP back-pressure), because brokers
+            do not all keep to the Receive Maximum (see mqtt.py). Default: 2 x receive_maximum,
+            so that a broker keeping to its window never causes a pause.
         """
         if batch_max < 1 or max_batches_in_flight < 1 or not 1 <= receive_maximum <= 65_535:
             raise ValueError("batch_max, max_batches_in_flight and receive_maximum must be >= 1")
@@ -153,6 +165,8 @@ class Ingress:
         self.batch_linger_s = batch_linger_s
         self.max_batches_in_flight = max_batches_in_flight
         self.receive_maximum = receive_maximum
+        self.max_buffered = max_buffered or 2 * receive_maximum
+        self.max_buffered_bytes = max_buffered_bytes
         self.clock = clock
         self.stats = IngressStats()
         self.subscribed = asyncio.Event()
@@ -162,29 +176,38 @@ class Ingress:
         self._reader: asyncio.Task[None] | None = None
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        self._running = False
+        self._finished = asyncio.Event()
         self._drain_timeout_s = 10.0
+        self._pauses_before = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Connect, subscribe, read; reconnect with backoff on loss; until stopped or cancelled."""
+        self._running = True
+        self._finished.clear()
         acker = asyncio.create_task(self._acker(), name="ingress-acker")
         backoff = Backoff(self.settings.reconnect_s, self.settings.reconnect_max_s)
         try:
             while not self._stopping:
                 conn: _Connection | None = None
                 try:
+                    inbox = mqtt.Inbox(self.max_buffered, self.max_buffered_bytes)
                     client = mqtt.new_client(
                         self.settings,
                         client_id=self.settings.client_id,
                         persistent=True,
                         receive_maximum=self.receive_maximum,
+                        inbox=inbox,
                     )
                     mqtt.enable_manual_ack(client)
                     async with client:
-                        conn = self._conn = _Connection(client)
+                        conn = self._conn = _Connection(client, inbox)
+                        self._pauses_before = self.stats.read_pauses
                         self.stats.connects += 1
                         await self._subscribe(client)
+                        inbox.arm()
                         backoff.reset()
                         await self._read_until_lost_or_stopped(conn, acker)
                         if self._stopping:
@@ -203,24 +226,29 @@ class Ingress:
                 finally:
                     self.subscribed.clear()
         finally:
+            self._running = False
+            self._finished.set()
             acker.cancel()
             while not self._pipeline.empty():  # cancelled mid-flight: drop unacked, broker keeps them
                 batch = self._pipeline.get_nowait()
                 if batch.task is not None:
                     batch.task.cancel()
 
-    def stop(self) -> None:
-        """Stop reading; the batches in flight finish and are acked, then `run()` returns
-        (await its task; give up on it with a cancel if the store never answers)."""
+    async def stop(self) -> None:
+        """Stop reading, let the batches in flight finish and be acked, disconnect; returns when
+        `run()` has returned. Bound it with `asyncio.wait_for` and cancel the `run()` task if the
+        store never answers: what is left unacked is redelivered on the next start."""
         self._stopping = True
         self._stop_requested.set()
         if self._reader is not None:
             self._reader.cancel()
+        if self._running:
+            await self._finished.wait()
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         codes = await client.subscribe(self.topic, qos=1)
-        granted = [getattr(c, "value", c) for c in codes]
-        if not granted or any(int(c) >= 0x80 or int(c) < 1 for c in granted):
+        granted = [int(c.value) if isinstance(c, ReasonCode) else int(c) for c in codes]
+        if not granted or any(c >= 0x80 or c < 1 for c in granted):
             # e.g. 0x87 not authorised; QoS 0 granted would defeat durability. Retried with backoff.
             raise aiomqtt.MqttError(f"subscription to {self.topic} refused (codes {granted})")
         self.subscribed.set()
@@ -257,19 +285,21 @@ class Ingress:
 
     async def _read(self, conn: _Connection) -> None:
         """Form batches while slots are free. Raises MqttError when the connection is lost."""
-        client = conn.client
-        messages = client.messages
+        inbox = conn.inbox
+        messages = conn.client.messages
         while True:
             await self._slots.acquire()
             handed_over = False
             try:
-                batch_msgs = mqtt.take_queued(client, self.batch_max)
+                batch_msgs = inbox.take(self.batch_max)
                 if not batch_msgs:
                     batch_msgs = [await anext(messages)]  # waits; MqttError on loss
-                    batch_msgs += mqtt.take_queued(client, self.batch_max - 1)
+                    batch_msgs += inbox.take(self.batch_max - 1)
                 if self.batch_linger_s > 0 and len(batch_msgs) < self.batch_max:
                     await asyncio.sleep(self.batch_linger_s)
-                    batch_msgs += mqtt.take_queued(client, self.batch_max - len(batch_msgs))
+                    batch_msgs += inbox.take(self.batch_max - len(batch_msgs))
+                self.stats.buffered_peak = max(self.stats.buffered_peak, inbox.peak)
+                self.stats.read_pauses = self._pauses_before + inbox.pauses
                 batch = await self._make_batch(conn, batch_msgs)
                 if batch.items:
                     batch.task = asyncio.create_task(self._admit_with_retry(batch.items))

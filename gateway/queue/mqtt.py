@@ -4,7 +4,8 @@ Every reach under aiomqtt's public API lives here, each with the reason, so that
 upgrade has one file to check:
 
 - manual PUBACK (aiomqtt#345): `enable_manual_ack` and `ack`, the ingress's durability rule;
-- `take_queued`: drain messages aiomqtt already holds without a task per message;
+- `Inbox`: aiomqtt's incoming queue (through its public `queue_type`), bounded by pausing reads
+  from the socket, because the broker's in-flight window alone does not bound it (below);
 - `on_puback`: learn which of our QoS 1 publishes the broker confirmed, so the publisher can keep
   a window of many publishes in flight instead of awaiting one round trip per event.
 
@@ -13,15 +14,22 @@ because its Receive Maximum lets the gateway set how many unacknowledged submiss
 push to it: Mosquitto honours the client's value over its own `max_inflight_messages` (20 by
 default), so the ingress window does not depend on broker tuning; and the session expiry gives an
 abandoned session a bounded life instead of "forever".
+
+Measured on Mosquitto 2.0.11 (tests/integration/test_ingress.py): the window holds for the first
+messages, but each PUBACK then releases up to a whole window of queued messages, so a client that
+acknowledges steadily can be sent its entire backlog. The `Inbox` therefore stops reading the
+socket at a high-water mark (TCP then pushes back on the broker, which keeps the messages) and
+resumes below half of it: memory stays bounded whatever the broker does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -86,6 +94,7 @@ def new_client(
     persistent: bool,
     receive_maximum: int | None = None,
     max_inflight_out: int | None = None,
+    inbox: Inbox | None = None,
 ) -> aiomqtt.Client:
     """An aiomqtt client (not yet connected; must be called inside the event loop).
 
@@ -97,8 +106,9 @@ def new_client(
     is 20; beyond it paho queues them in memory, in order). 0 means no limit, which also spares
     paho's scan of every in-flight message on each PUBACK (O(window) per ack): use it when the
     caller keeps its own window, as the event publisher does.
+    inbox: the incoming queue to use (bounded by pausing reads); default: aiomqtt's unbounded one.
     """
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = settings.session_expiry_s if persistent else 0
     if receive_maximum is not None:
         props.ReceiveMaximum = receive_maximum
@@ -115,10 +125,13 @@ def new_client(
         keepalive=settings.keepalive_s,
         timeout=settings.timeout_s,
         max_inflight_messages=max_inflight_out,
-        # Never cap the incoming queue: aiomqtt would drop what exceeds it, and a dropped message
-        # is never acknowledged. The broker's in-flight window (Receive Maximum) bounds it.
+        # Never let aiomqtt cap the incoming queue: it drops what exceeds the cap, and a dropped
+        # message is never acknowledged. The Inbox bounds it by pausing reads instead.
         max_queued_incoming_messages=None,
+        queue_type=(lambda maxsize=0: inbox) if inbox is not None else None,  # type: ignore[arg-type]
     )
+    if inbox is not None:
+        inbox.attach(client)
     return client
 
 
@@ -145,20 +158,102 @@ def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> bool:
     return rc == paho.MQTT_ERR_SUCCESS
 
 
-def take_queued(client: aiomqtt.Client, limit: int) -> list[aiomqtt.Message]:
-    """Up to `limit` messages that aiomqtt already holds, without waiting.
+class Inbox(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's incoming message queue, bounded without dropping: past `max_messages` or
+    `max_bytes` of payload it stops reading the client's socket, and resumes once the reader has
+    taken it below half of both.
 
-    aiomqtt's message iterator creates a task and an asyncio.wait per message; draining its
-    queue directly keeps the per-message cost of a full batch to a get_nowait.
+    One Inbox per connection (pass it to `new_client`); `arm()` it once the subscription is
+    acknowledged: before that a pause would also hold back the SUBACK (the broker's first burst,
+    up to its window, is taken as is). While paused nothing is read, PINGRESP included: a pause longer than ~1.5 keepalive makes paho drop the connection, which is safe
+    (nothing unacknowledged is lost) and is retried like any loss.
     """
-    queue: Any = client._queue  # noqa: SLF001 - see docstring
-    out: list[aiomqtt.Message] = []
-    while len(out) < limit:
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        super().__init__()
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.paused = False
+        self.pauses = 0
+        self.peak = 0  # most messages held at once (for tests and /status)
+        self.armed = False
+        self._client: aiomqtt.Client | None = None
+
+    def attach(self, client: aiomqtt.Client) -> None:
+        self._client = client
+
+    def arm(self) -> None:
+        """Start bounding (pausing reads when full)."""
+        self.armed = True
+        if self._full() and not self.paused:
+            self._pause()
+
+    def _full(self) -> bool:
+        return self.qsize() >= self.max_messages or self.bytes >= self.max_bytes
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        super().put_nowait(item)
+        self.bytes += len(item.payload) if isinstance(item.payload, bytes | bytearray) else 0
+        self.peak = max(self.peak, self.qsize())
+        if self.armed and not self.paused and self._full():
+            self._pause()
+
+    def get_nowait(self) -> aiomqtt.Message:
+        item = super().get_nowait()
+        self.bytes -= len(item.payload) if isinstance(item.payload, bytes | bytearray) else 0
+        if self.paused and self.qsize() <= self.max_messages // 2 and self.bytes <= self.max_bytes // 2:
+            self._resume()
+        return item
+
+    def take(self, limit: int) -> list[aiomqtt.Message]:
+        """Up to `limit` messages already here, without waiting (aiomqtt's iterator costs a task
+        and an asyncio.wait per message; this is a get_nowait each)."""
+        out: list[aiomqtt.Message] = []
+        while len(out) < limit and not self.empty():
+            out.append(self.get_nowait())
+        return out
+
+    # Pausing replaces aiomqtt's socket reader, so it mirrors what that reader does (aiomqtt
+    # 2.5.1 client.py, _on_socket_open): loop_read, drain TLS-pending bytes, and report an
+    # exception as the disconnection.
+    def _pause(self) -> None:
+        sock = self._sock()
+        if sock is None:
+            return
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        self.paused = True
+        self.pauses += 1
+
+    def _resume(self) -> None:
+        self.paused = False
+        sock = self._sock()
+        if sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self._on_readable)
+        loop.call_soon(self._on_readable)  # TLS may hold decrypted bytes select() won't report
+
+    def _sock(self) -> Any:  # noqa: ANN401
+        if self._client is None:
+            return None
+        sock = self._client._client.socket()  # noqa: SLF001
+        return sock if sock is not None and sock.fileno() >= 0 else None
+
+    def _on_readable(self) -> None:
+        assert self._client is not None
+        paho_client = self._client._client  # noqa: SLF001
         try:
-            out.append(queue.get_nowait())
-        except Exception:  # noqa: BLE001 - asyncio.QueueEmpty (or the queue type's equivalent)
-            break
-    return out
+            while not self.paused:
+                paho_client.loop_read()
+                sock = paho_client.socket()
+                if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
+                    continue
+                break
+        except Exception as exc:  # noqa: BLE001 - as aiomqtt: a broken socket ends the connection
+            disconnected = self._client._disconnected  # noqa: SLF001
+            if not disconnected.done():
+                disconnected.set_exception(exc)
 
 
 def on_puback(client: aiomqtt.Client, callback: Callable[[int, int], None]) -> None:
@@ -168,7 +263,7 @@ def on_puback(client: aiomqtt.Client, callback: Callable[[int, int], None]) -> N
     With MQTT 5 a reason code >= 0x80 means the broker refused the message (e.g. not authorised).
     """
     paho_client = client._client  # noqa: SLF001 - aiomqtt has no "confirmed" hook
-    inner = paho_client.on_publish
+    inner = cast("Callable[..., None] | None", paho_client.on_publish)
 
     def chained(
         c: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any  # noqa: ANN401
