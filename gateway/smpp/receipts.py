@@ -481,6 +481,10 @@ def canonical_id(message_id: str) -> str:
     stripped = s.lstrip("0")
     if not stripped and s:
         return "0"
+    # Stripping zeros can expose whitespace ("0\r0" → "\r0"): strip again so the rule is
+    # idempotent (the same key whether applied once or twice).
+    if stripped != stripped.strip():
+        return canonical_id(stripped)
     return stripped
 
 
