@@ -30,6 +30,7 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers (e.g. a CSP)
 
     @classmethod
     def json(cls, status: int, doc: object) -> Response:
@@ -63,34 +64,37 @@ class HttpServer:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head_only = False
         try:
-            resp = await asyncio.wait_for(self._handle(reader), READ_TIMEOUT_S)
+            resp, head_only = await asyncio.wait_for(self._handle(reader), READ_TIMEOUT_S)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ValueError, ConnectionError):
             resp = Response.json(400, {"error": "bad request"})
         except Exception as exc:  # a handler bug must not take the listener down
             log.error("http_handler_failed", error=str(exc))
             resp = Response.json(500, {"error": "internal error"})
+        extra = "".join(f"{k}: {v}\r\n" for k, v in resp.headers)
         head = (f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'OK')}\r\n"
                 f"Content-Type: {resp.content_type}\r\nContent-Length: {len(resp.body)}\r\n"
-                "Cache-Control: no-store\r\nConnection: close\r\n\r\n").encode()
+                f"{extra}Cache-Control: no-store\r\nConnection: close\r\n\r\n").encode()
         with contextlib.suppress(Exception):
-            writer.write(head + resp.body)
+            writer.write(head if head_only else head + resp.body)
             await writer.drain()
         with contextlib.suppress(Exception):
             writer.close()
             await writer.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader) -> Response:
+    async def _handle(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+        """The response, and whether to send its head only (HEAD)."""
         head = await reader.readuntil(b"\r\n\r\n")
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = line.split()
         if len(parts) != 3:
-            return Response.json(400, {"error": "bad request line"})
+            return Response.json(400, {"error": "bad request line"}), False
         method, target, _ = parts
         if method not in ("GET", "HEAD"):
-            return Response.json(405, {"error": "only GET"})
+            return Response.json(405, {"error": "only GET"}), False
         handler = self.routes.get(target.split("?", 1)[0])
         if handler is None:
-            return Response.json(404, {"error": "not found"})
-        return await handler()
+            return Response.json(404, {"error": "not found"}), method == "HEAD"
+        return await handler(), method == "HEAD"

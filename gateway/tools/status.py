@@ -36,7 +36,7 @@ def render(doc: dict[str, Any]) -> str:
                  f"{'submitted':>10}")
     for name, c in doc.get("carriers", {}).items():
         t = c.get("throttle") or {}
-        rate = t.get("current_rate")
+        rate = t.get("rate", t.get("current_rate"))
         lines.append(
             f"{name:<12} {c.get('binds_up', 0):>3}/{c.get('binds_configured', 0):<3} "
             f"{c.get('window_in_use', 0):>4}/{c.get('window_size', 0):<4} "
