@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway import web
 from gateway.config import CarrierConfig, Config, ConfigError, load_config, reload_plan
 from gateway.http import HttpServer, Response
 from gateway.log import configure_logging, get_logger
@@ -27,7 +28,7 @@ from gateway.metrics import Metrics
 from gateway.model import Priority, Status
 from gateway.ops.sdnotify import Notifier
 from gateway.queue.admit import Admission
-from gateway.queue.dispatch import DispatchSettings, Dispatcher, reserved_slots
+from gateway.queue.dispatch import DispatchSettings, Dispatcher
 from gateway.queue.events import EventPublisher
 from gateway.queue.inbound import InboundHandler
 from gateway.queue.ingress import Ingress
@@ -137,6 +138,7 @@ class Gateway:
 
         listen = cfg.http.listen
         self.http = HttpServer(listen.host, listen.port, {
+            "/": web.index,
             "/healthz": self._healthz, "/status": self._status, "/metrics": self._metrics,
         })
         await self.http.start()
@@ -145,10 +147,15 @@ class Gateway:
     def _add_carrier(self, c: CarrierConfig) -> None:
         assert self.dispatcher is not None
         d = self.dispatcher
-        pool = CarrierPool(c, d.on_event(c.name))
+        # The pool reports to the dispatcher lane made for it (not to whatever lane has its name
+        # later): after a reload replaced it, the old pool's last responses still settle the
+        # jobs it was carrying.
+        handler: list[Any] = []
+        pool = CarrierPool(c, lambda link, ev: handler[0](link, ev))
         self.pools[c.name] = pool
-        d.add_carrier(c.name, pool, tps=c.tps, window=c.window, opts=text_options(c),
-                      status_overrides=c.status_overrides, retries=c.submit_retries)
+        lane = d.add_carrier(c.name, pool, tps=c.tps, window=c.window, opts=text_options(c),
+                             status_overrides=c.status_overrides, retries=c.submit_retries)
+        handler.append(d.lane_handler(lane))
         pool.start()
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -226,7 +233,7 @@ class Gateway:
                 "received": ingress.received, "acked": ingress.acked,
                 "lag": ingress.received - ingress.acked,
             },
-            "events_pending": self.publisher.pending() if self.publisher else 0,
+            "events_pending": self.publisher.pending if self.publisher else 0,
         }
 
     async def _status(self) -> Response:
@@ -240,7 +247,14 @@ class Gateway:
 
     async def reload(self) -> bool:
         """SIGHUP: apply a new YAML; an invalid one is refused and the running config stays."""
-        if not self.config_path:
+        try:
+            return await self._reload()
+        except Exception:  # a bug here must not go unseen ("Task exception never retrieved")
+            log.exception("reload_failed")
+            return False
+
+    async def _reload(self) -> bool:
+        if not self.config_path or self.stopping.is_set():
             return False
         try:
             new = load_config(self.config_path)
@@ -255,25 +269,25 @@ class Gateway:
         routes = route_table(new)
         d.set_routes(routes)
         self.admission.routes = routes
+        # A removed or re-bound carrier: its sender stops, what it held goes back to the store
+        # (routed again, e.g. to the next carrier), its binds drain their outstanding responses.
         for name in plan.removed:
             pool = self.pools.pop(name)
-            d.carriers.pop(name, None)
+            d.remove_carrier(name)
             self._spawn(pool.stop(new.shutdown_timeout_s), f"drain-{name}")
         for name in plan.rebind:
             pool = self.pools.pop(name)
-            d.carriers.pop(name, None)
+            d.remove_carrier(name)
             self._spawn(pool.stop(new.shutdown_timeout_s), f"rebind-{name}")
             self._add_carrier(new.carrier(name))
         for name in plan.added:
             self._add_carrier(new.carrier(name))
         for name in plan.updated:
             c = new.carrier(name)
-            self.pools[name].set_window(c.window)
-            lane = d.carriers.get(name)
-            if lane is not None:
-                lane.reserve = reserved_slots(c.window, d.settings.otp_reserve)
-                lane.throttle.set_limit(c.tps, asyncio.get_running_loop().time())
-                lane.opts = text_options(c)
+            if not self.pools[name].reconfigure(c):  # same connection key: cannot happen
+                self.pools[name].set_window(c.window)
+            d.update_carrier(name, tps=c.tps, window=c.window, opts=text_options(c),
+                             status_overrides=c.status_overrides, retries=c.submit_retries)
         log.info("reloaded", added=list(plan.added), removed=list(plan.removed),
                  rebound=list(plan.rebind), updated=list(plan.updated))
         return True
@@ -299,9 +313,11 @@ class Gateway:
                 await self.publisher.flush(timeout=min(timeout, 5.0))
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        if self._tasks:
+            # Bounded: a task that swallowed its cancellation must not hold the exit.
+            _, pending = await asyncio.wait(self._tasks, timeout=5.0)
+            if pending:
+                log.warning("stop_tasks_pending", tasks=sorted(t.get_name() for t in pending))
         if self.http is not None:
             await self.http.stop()
         if self.store is not None:
@@ -323,7 +339,14 @@ async def serve(cfg: Config, config_path: str | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig.name)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gw.reload()))
+    reloads: set[asyncio.Task[bool]] = set()  # referenced until done (else they may be GC'd)
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(gw.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await gw.start()
     except Exception as exc:
@@ -334,7 +357,12 @@ async def serve(cfg: Config, config_path: str | None = None) -> int:
     crashed = asyncio.ensure_future(gw.stopping.wait())
     await asyncio.wait({waiter, crashed}, return_when=asyncio.FIRST_COMPLETED)
     code = 0 if stop.is_set() else 1
-    await gw.stop()
+    try:
+        # Every step of stop() is bounded; this is the safety net for a bug in one of them.
+        await asyncio.wait_for(gw.stop(), 3 * gw.cfg.shutdown_timeout_s + 30)
+    except TimeoutError:
+        log.error("stop_timed_out")
+        code = 1
     waiter.cancel()
     crashed.cancel()
     return code

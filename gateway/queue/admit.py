@@ -11,11 +11,15 @@ A repeat of a known id publishes its current status again.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from gateway.log import get_logger
 from gateway.model import Priority, RejectReason, Rejection, Status, Submission
 from gateway.queue.events import Event
 from gateway.queue.ingress import AdmitOutcome, IncomingSubmission
@@ -26,6 +30,21 @@ from gateway.smpp.pdu import status_name
 from gateway.smpp.text import TextRejected, describe
 
 Publish = Callable[[str, Event], Awaitable[Any]]
+
+log = get_logger("gateway.admit")
+
+# TEST HOOK, never set in production: `SMSGW_TEST_ADMIT_PAUSE=before:PATH` (or `after:PATH`) makes
+# every admit call touch PATH and hang just before (after) its commit, with nothing PUBACKed,
+# so tests/integration/test_durability.py can SIGKILL the daemon between MQTT receive and commit
+# (or between commit and PUBACK) deterministically.
+_TEST_PAUSE = os.environ.get("SMSGW_TEST_ADMIT_PAUSE", "")
+
+
+async def _test_pause(where: str) -> None:
+    point, _, path = _TEST_PAUSE.partition(":")
+    if point == where and path:
+        Path(path).touch()
+        await asyncio.sleep(3600)
 
 
 def iso_local(epoch: float) -> str:
@@ -83,7 +102,8 @@ class Admission:
         self.max_age = max_age
         self._on_accepted = on_accepted
         self._clock = clock
-        self.counters = {"accepted": 0, "rejected": 0, "deferred": 0, "repeats": 0}
+        self.counters = {"accepted": 0, "rejected": 0, "deferred": 0, "repeats": 0,
+                         "internal_errors": 0}
 
     async def __call__(self, batch: list[IncomingSubmission]) -> Sequence[AdmitOutcome]:
         now = self._clock()
@@ -98,12 +118,27 @@ class Admission:
                 decided.append(NewRejection(id=item.id, reason=str(rej.reason),
                                             detail=rej.detail, created_at=now))
                 continue
-            decision = self.decide(sub, now, opted_out)
+            try:
+                decision = self.decide(sub, now, opted_out)
+            except Exception as exc:
+                # A bug with one submission must not fail its whole batch again and again (the
+                # ingress retries a failed admit, nothing is acked meanwhile: all intake stops).
+                self.counters["internal_errors"] += 1
+                log.error("admit_decide_failed", message=sub.id, error=repr(exc))
+                decided.append(NewRejection(
+                    id=sub.id, reason="internal_error", detail="the gateway could not process it",
+                    created_at=now, to=sub.to, priority=sub.priority, sender=sub.sender,
+                    client=sub.client, text=sub.text))
+                continue
             if isinstance(decision, Rejection):
                 decided.append(NewRejection.from_submission(sub, decision, now))
             else:
                 decided.append(decision)
+        if _TEST_PAUSE:
+            await _test_pause("before")
         results = await self._commit(decided)
+        if _TEST_PAUSE:
+            await _test_pause("after")
         any_accepted = False
         for d, r in zip(decided, results, strict=True):
             for event in self._events(d, r):

@@ -132,6 +132,7 @@ class CarrierLane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     submitted_parts: int = 0
+    retired: bool = False  # removed or replaced by a reload: its pool drains, nothing new goes
 
 
 def reserved_slots(window: int, share: float) -> int:
@@ -175,16 +176,23 @@ class Dispatcher:
         self._requeues: list[Requeue] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._sending = False
+        self._halted = False  # halt() came (maybe before run() started): never send again
+        self._closing = False  # finish() started: the flush loop ends after its current flush
         self.counters: dict[str, int] = {
             "parts_submitted": 0, "responses_ok": 0, "responses_error": 0, "retries": 0,
             "timeouts": 0, "receipts": 0, "receipts_unknown": 0, "rerouted": 0,
+            "internal_errors": 0,
         }
         self.responses_by_status: dict[str, int] = {}
 
     # -- carriers --------------------------------------------------------------------------
 
     def add_carrier(self, name: str, pool: Pool, *, tps: float, window: int, opts: TextOptions,
-                    status_overrides: Mapping[Any, Any] | None = None, retries: int = 3) -> None:
+                    status_overrides: Mapping[Any, Any] | None = None,
+                    retries: int = 3) -> CarrierLane:
+        """Add (or, after `remove_carrier`, add again) a carrier. Route its pool's events to
+        `lane_handler(<the returned lane>)`, so that a pool replaced by a reload keeps reporting
+        to the lane that holds its jobs."""
         now = asyncio.get_running_loop().time()
         lane = CarrierLane(
             name=name, pool=pool,
@@ -196,13 +204,64 @@ class Dispatcher:
         self.carriers[name] = lane
         pool.on_capacity = lane.wake.set
         if self._sending:
-            lane.task = asyncio.create_task(self._send_loop(lane), name=f"send-{name}")
+            self._start_sender(lane)
+        return lane
+
+    def remove_carrier(self, name: str) -> None:
+        """A reload removed the carrier or replaced its pool (new connection settings): stop its
+        sender at once, send what it holds back to the store (the feeder routes it again), and
+        let its jobs in flight settle from the old pool's responses, as they drain."""
+        lane = self.carriers.pop(name, None)
+        if lane is None:
+            return
+        lane.retired = True
+        if lane.task is not None:
+            lane.task.cancel()
+            lane.task = None
+        self._evacuate(lane)
+        self._feed_wake.set()
+
+    def update_carrier(self, name: str, *, tps: float, window: int, opts: TextOptions,
+                       status_overrides: Mapping[Any, Any] | None = None,
+                       retries: int = 3) -> None:
+        """A reload changed settings that need no new bind: apply them to the lane in place."""
+        lane = self.carriers.get(name)
+        if lane is None:
+            return
+        lane.reserve = reserved_slots(window, self.settings.otp_reserve)
+        lane.throttle.set_limit(tps, asyncio.get_running_loop().time())
+        lane.opts = opts
+        lane.policy = parse_overrides(dict(status_overrides or {}))
+        lane.retries = retries
+        lane.wake.set()
+
+    def lane_handler(self, lane: CarrierLane) -> Callable[[Link, smpp.Event], None]:
+        """The event callback for the pool of `lane` (bound to the lane, not to its name)."""
+        def handle(link: Link, ev: smpp.Event) -> None:
+            self._on_lane_event(lane, link, ev)
+        return handle
+
+    def _start_sender(self, lane: CarrierLane) -> None:
+        lane.task = asyncio.create_task(self._supervised_send_loop(lane), name=f"send-{lane.name}")
+
+    async def _supervised_send_loop(self, lane: CarrierLane) -> None:
+        """A bug in the send path must not silence a carrier for good: log and start again."""
+        while True:
+            try:
+                await self._send_loop(lane)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.counters["internal_errors"] += 1
+                log.exception("dispatch_sender_crashed", carrier=lane.name)
+                await asyncio.sleep(0.5)
 
     def health(self) -> dict[str, Health]:
         return {n: Health(binds_up=1 if c.pool.ready else 0) for n, c in self.carriers.items()}
 
     def on_event(self, carrier: str) -> Callable[[Link, smpp.Event], None]:
-        """The event callback for `carrier`'s pool."""
+        """The event callback for `carrier`'s pool, by name (see `lane_handler`)."""
         def handle(link: Link, ev: smpp.Event) -> None:
             self._on_event(carrier, link, ev)
         return handle
@@ -216,7 +275,7 @@ class Dispatcher:
     def health_changed(self, carrier: str) -> None:
         """Binds came up or all went down: re-route what waits."""
         lane = self.carriers.get(carrier)
-        if lane is None:
+        if lane is None or lane.retired:
             return
         if not lane.pool.ready:
             self._evacuate(lane)
@@ -233,9 +292,9 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Run until cancelled or `stop_sending`."""
-        self._sending = True
+        self._sending = not self._halted
         for lane in self.carriers.values():
-            lane.task = asyncio.create_task(self._send_loop(lane), name=f"send-{lane.name}")
+            self._start_sender(lane)
         self._tasks = [
             asyncio.create_task(self._feed_loop(), name="feed"),
             asyncio.create_task(self._flush_loop(), name="flush"),
@@ -248,19 +307,26 @@ class Dispatcher:
 
     def halt(self) -> None:
         """No submit_sm from now on (synchronous: called from the signal handler)."""
+        self._halted = True
         self._sending = False
+        self._feed_wake.set()
         for lane in self.carriers.values():
             lane.wake.set()
 
     async def stop_sending(self) -> None:
         """No submit_sm after this returns: stop the feeder and senders (shutdown, first step)."""
         self.halt()
+        # The loops also return by themselves once `_sending` is False: Python 3.11's wait_for
+        # swallows a cancellation that races with its inner wait completing (halt() sets the
+        # very events they wait on), so a cancel alone could leave them running forever and
+        # this wait (the shutdown) with them. Bounded anyway: nothing submits after halt().
+        senders = [lane.task for lane in self.carriers.values() if lane.task is not None]
         for lane in self.carriers.values():
-            if lane.task is not None:
-                lane.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await lane.task
-                lane.task = None
+            lane.task = None
+        for t in senders:
+            t.cancel()
+        if senders:
+            await asyncio.wait(senders, timeout=1.0)
         for t in self._tasks:
             if t.get_name() == "feed":
                 t.cancel()
@@ -273,6 +339,11 @@ class Dispatcher:
                 self._release(job)
                 self._requeues.append(Requeue(job.msg.id, due_at=now, at=now,
                                               resent=job.resent or bool(job.done) or job.pending > 0))
+        self._closing = True
+        self._flush_wake.set()
+        for t in self._tasks:
+            if t.get_name() == "flush" and not t.done():
+                await asyncio.wait([t])  # its flush in progress, if any (the caller bounds us)
         await self._flush_once()
         await self._cancel_tasks()
 
@@ -293,7 +364,7 @@ class Dispatcher:
 
     async def _feed_loop(self) -> None:
         s = self.settings
-        while True:
+        while self._sending:
             self._feed_wake.clear()
             more = False
             for prio in Priority:
@@ -349,6 +420,15 @@ class Dispatcher:
         if self._finals:
             self._schedule_flush()
         for carrier, msgs in by_carrier.items():
+            # Every part of a message goes again on a new attempt (with a new concatenation
+            # reference: a handset cannot join parts of two attempts), so parts an earlier
+            # attempt got accepted are forgotten first. Kept, one already final from its
+            # receipt would stay with the old carrier and the message would never become
+            # SUBMITTED on the new one (it stayed SENDING for good).
+            stale = [Requeue(m.id, due_at=m.due_at, at=now, resent=m.resent, reset_parts=True)
+                     for m in msgs if m.parts_done]
+            if stale:
+                await self.store.requeue(stale)
             claimed = set(await self.store.mark_sending([m.id for m in msgs], carrier, now))
             lane = self.carriers[carrier]
             for m in msgs:
@@ -366,7 +446,7 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         pool, throttle, lanes = lane.pool, lane.throttle, lane.lanes
         otp = Priority.OTP
-        while True:
+        while self._sending:
             mono = loop.time()
             job = lanes.peek(mono)
             if job is None:
@@ -374,7 +454,11 @@ class Dispatcher:
                 ready = lanes.next_ready_at()
                 await self._sleep_on(lane.wake, None if ready is None else ready - mono)
                 continue
-            if job.to_send is None and not self._start(lane, job):
+            try:
+                if job.to_send is None and not self._start(lane, job):
+                    continue
+            except Exception as exc:  # a bug with this message must not stop the carrier
+                self._job_crashed(lane, job, exc)
                 continue
             if job.failure is not None or job.evacuate or not job.to_send:
                 # A part failed meanwhile (or the carrier went down): stop sending this attempt.
@@ -397,13 +481,16 @@ class Dispatcher:
             if not self._sending:
                 return
             index = job.to_send[0]
-            fields, tlvs = submit_fields(job.encoded, index, to=job.msg.to,  # type: ignore[arg-type]
-                                         sender=job.msg.sender, priority=job.priority,
-                                         opts=lane.opts)
             try:
+                fields, tlvs = submit_fields(job.encoded, index, to=job.msg.to,  # type: ignore[arg-type]
+                                             sender=job.msg.sender, priority=job.priority,
+                                             opts=lane.opts)
                 link.submit(fields, (job, index), tlvs=tlvs)
             except (smpp.WindowFull, smpp.NotBound, smpp.LocalProtocolError):
                 await asyncio.sleep(0)
+                continue
+            except Exception as exc:  # a bug with this message must not stop the carrier
+                self._job_crashed(lane, job, exc)
                 continue
             job.to_send.popleft()
             job.pending += 1
@@ -414,6 +501,21 @@ class Dispatcher:
             # Let responses and the flusher run between parts under a long backlog.
             if lane.submitted_parts % 64 == 0:
                 await asyncio.sleep(0)
+
+    def _job_crashed(self, lane: CarrierLane, job: Job, exc: Exception) -> None:
+        """An unexpected error while preparing or submitting a part of `job` (a bug): log it,
+        and handle the attempt as a transient failure (retried with backoff, failed once its
+        retries are used up) instead of losing the carrier's sender task."""
+        self.counters["internal_errors"] += 1
+        log.error("dispatch_job_error", carrier=lane.name, message=job.msg.id, error=repr(exc))
+        with contextlib.suppress(ValueError):
+            lane.lanes.pop(job)
+        if job.to_send:
+            job.to_send.clear()
+        self._fail_part(job, Kind.TRANSIENT, None, f"internal error: {exc!r}"[:200],
+                        resent=False)
+        if job.pending == 0:
+            self._settle(lane, job)
 
     async def _sleep_on(self, event: asyncio.Event, timeout: float | None) -> None:
         if timeout is None:
@@ -454,6 +556,10 @@ class Dispatcher:
         lane = self.carriers.get(carrier)
         if lane is None:
             return
+        self._on_lane_event(lane, link, ev)
+
+    def _on_lane_event(self, lane: CarrierLane, link: Link, ev: smpp.Event) -> None:
+        carrier = lane.name
         if isinstance(ev, smpp.SubmitResponse):
             self._on_response(lane, ev)
         elif isinstance(ev, (smpp.RequestTimedOut, smpp.RequestFailed)):
@@ -476,10 +582,9 @@ class Dispatcher:
                 self.counters["receipts"] += 1
                 self._receipts.append((receipt, link, ev.seq, link.generation))
                 self._schedule_flush()
-        elif isinstance(ev, smpp.Bound):
-            self.health_changed(carrier)
-        elif isinstance(ev, smpp.Closed):
-            self.health_changed(carrier)
+        elif isinstance(ev, (smpp.Bound, smpp.Closed)):
+            if not lane.retired:
+                self.health_changed(carrier)
 
     def _on_response(self, lane: CarrierLane, ev: smpp.SubmitResponse) -> None:
         ctx = ev.context
@@ -555,7 +660,7 @@ class Dispatcher:
                 self._finals.append(Finalize(m.id, Status.FAILED, now,
                                              reason=FailReason.RETRIES_EXHAUSTED, detail=detail,
                                              command_status=status, carrier=lane.name))
-            elif job.evacuate or not lane.pool.ready:
+            elif job.evacuate or lane.retired or not lane.pool.ready:
                 self._release(job)
                 self._requeues.append(Requeue(m.id, due_at=now, at=now, resent=job.resent,
                                               carrier=lane.name))
@@ -594,9 +699,14 @@ class Dispatcher:
         self._flush_wake.set()
 
     async def _flush_loop(self) -> None:
-        while True:
+        # Ends between two flushes once `finish` sets `_closing`, never by a cancel inside one:
+        # the store commits what it was given whatever happens to the awaiting task, and those
+        # results' events would be lost (a message final in the store, `delivered` never sent).
+        while not self._closing:
             await self._flush_wake.wait()
             self._flush_wake.clear()
+            if self._closing:
+                return  # finish() does the last flush
             try:
                 await self._flush_once()
             except asyncio.CancelledError:
@@ -621,15 +731,32 @@ class Dispatcher:
             t_rec = asyncio.ensure_future(store.apply_receipts([r[0] for r in receipts]))
             t_fin = asyncio.ensure_future(store.finalize(finals))
             t_req = asyncio.ensure_future(store.requeue(requeues))
-            part_outcomes, receipt_outcomes, fin_outcomes, _ = await asyncio.gather(
-                t_acc, t_rec, t_fin, t_req)
+            results = await asyncio.gather(t_acc, t_rec, t_fin, t_req, return_exceptions=True)
         except BaseException:
-            # Put everything back in front of what came meanwhile; retried on the next flush.
+            # Cancelled: put everything back in front of what came meanwhile.
             self._accepted[:0] = accepted
             self._receipts[:0] = receipts
             self._finals[:0] = finals
             self._requeues[:0] = requeues
             raise
+        # The store isolates a failing call: the others may have committed. Only the failed
+        # groups are retried (a committed one again would come back as a duplicate, without its
+        # events); the committed ones are published now.
+        part_outcomes, receipt_outcomes, fin_outcomes, req_outcome = results
+        error: BaseException | None = None
+        if isinstance(part_outcomes, BaseException):
+            error, part_outcomes = part_outcomes, []
+            self._accepted[:0] = accepted
+        if isinstance(receipt_outcomes, BaseException):
+            error, receipt_outcomes = receipt_outcomes, []
+            self._receipts[:0] = receipts
+            receipts = []  # answered only once committed
+        if isinstance(fin_outcomes, BaseException):
+            error, fin_outcomes = fin_outcomes, []
+            self._finals[:0] = finals
+        if isinstance(req_outcome, BaseException):
+            error = req_outcome
+            self._requeues[:0] = requeues
         for o in part_outcomes:
             if o.submitted is not None:
                 await self._publish_submitted(o.submitted)
@@ -646,6 +773,8 @@ class Dispatcher:
         for f in fin_outcomes:
             if f is not None:
                 await self._publish_final(f)
+        if error is not None:
+            raise error
 
     async def _publish_submitted(self, s: Submitted) -> None:
         extra: dict[str, Any] = {"carrier": s.carrier, "parts": s.parts,
@@ -678,12 +807,17 @@ class Dispatcher:
         while True:
             await asyncio.sleep(1.0)
             try:
-                for f in await self.store.expire_due(self._now()):
-                    await self._publish_final(f)
+                # Shielded: once expire_due is sent to the store its finals are committed, so
+                # their events must go out even if this loop is cancelled meanwhile.
+                await asyncio.shield(self._expire_once())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.error("dispatch_expiry_failed", error=str(exc))
+
+    async def _expire_once(self) -> None:
+        for f in await self.store.expire_due(self._now()):
+            await self._publish_final(f)
 
     # -- status -----------------------------------------------------------------------------
 

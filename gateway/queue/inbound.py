@@ -20,13 +20,15 @@ from typing import Any, Protocol
 
 from gateway.log import get_logger
 from gateway.queue.store import ReceiptIn
-from gateway.smpp.pdu import Pdu
+from gateway.smpp.pdu import CommandStatus, Pdu
 from gateway.smpp.receipts import NotAReceipt, Receipt, candidate_ids, parse_deliver
 from gateway.smpp.text import TextDecodeError, decode_text, parse_udh
 
 log = get_logger("gateway.inbound")
 
 DEFAULT_OPT_OUT_KEYWORDS = ("T", "TD", "退订", "STOP", "UNSUBSCRIBE")
+# deliver_sm_resp of an MO we could not hand over: temporary application error, the SMSC retries.
+ESME_RX_T_APPN = int(CommandStatus.ESME_RX_T_APPN)
 _UDHI = 0x40
 
 
@@ -83,7 +85,7 @@ class InboundHandler:
         self._pending: OrderedDict[tuple[str, str, str, int], _Pending] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters = {"receipts": 0, "receipts_unparseable": 0, "mo": 0, "mo_parts": 0,
-                         "mo_incomplete": 0, "opt_outs": 0}
+                         "mo_incomplete": 0, "opt_outs": 0, "mo_failed": 0}
 
     # -- receipts -------------------------------------------------------------------------------
 
@@ -114,15 +116,20 @@ class InboundHandler:
 
     async def _handle_mo(self, carrier: str, pdu: Pdu, link: Responder, seq: int,
                          generation: int) -> None:
+        status = 0
         try:
             complete = self._collect(carrier, pdu)
             for sender, dest, text in complete:
                 await self._emit(carrier, sender, dest, text)
         except Exception as exc:  # never let one MO break the bind: answer it and go on
+            # Not handed over (e.g. the opt-out could not be committed): a temporary error
+            # asks the carrier to deliver it again instead of losing it (an opt-out above all).
+            status = ESME_RX_T_APPN
+            self.counters["mo_failed"] += 1
             log.error("mo_failed", carrier=carrier, error=str(exc))
         finally:
             with contextlib.suppress(Exception):
-                link.respond(seq, generation=generation)
+                link.respond(seq, status, generation=generation)
 
     def _collect(self, carrier: str, pdu: Pdu) -> list[tuple[str, str, str]]:
         f, tlvs = pdu.fields, pdu.tlvs
