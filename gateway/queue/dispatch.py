@@ -327,6 +327,10 @@ class Dispatcher:
             t.cancel()
         if senders:
             await asyncio.wait(senders, timeout=1.0)
+        # The feeder ends by itself too (halt() woke it). Not cancelled: a cancelled child makes
+        # run()'s gather cancel the flusher in the middle of a flush, whose results the store
+        # has committed by then; their events would be lost (seen: `delivered` never published
+        # for the last message answered before a SIGTERM).
         for t in self._tasks:
             if t.get_name() == "feed":
                 t.cancel()

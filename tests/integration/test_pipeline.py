@@ -565,3 +565,41 @@ async def test_a_bug_with_one_submission_does_not_block_intake(
         await p.wait_status(["pz"] + [f"pok{i}" for i in range(5)], timeout=10)
     assert p.final("pz")["reason"] == "internal_error"  # type: ignore[index]
     assert all(p.final(f"pok{i}")["status"] == "delivered" for i in range(5))  # type: ignore[index]
+
+
+async def test_stop_during_a_flush_loses_no_event(sqlite_setup: GatewaySetup) -> None:
+    """Shutdown while the dispatcher's flush is between the store's commit and its events: the
+    flush completes (the commit cannot be undone), `submitted` and `delivered` go out."""
+    s = sqlite_setup
+    s.add_carrier("alpha")
+    s.route("", "alpha")
+    sim = await s.start_sim("alpha")
+    gw = await s.start_gateway()
+    store = gw.store
+    assert store is not None
+    real = store.record_parts_accepted
+    in_flush = asyncio.Event()
+
+    async def slow_after_commit(items):  # type: ignore[no-untyped-def]
+        out = await real(items)
+        if items:
+            in_flush.set()
+            await asyncio.sleep(0.5)  # committed; the caller has not seen the outcome yet
+        return out
+
+    store.record_parts_accepted = slow_after_commit  # type: ignore[method-assign]
+    real_fetch = store.fetch_due
+
+    async def slow_fetch(*args, **kw):  # type: ignore[no-untyped-def]
+        out = await real_fetch(*args, **kw)
+        await asyncio.sleep(0.2)  # the feeder is busy when the stop comes
+        return out
+
+    store.fetch_due = slow_fetch  # type: ignore[method-assign]
+    async with s.probe() as p:
+        await p.send("st1", "+8613800138000", "stop now")
+        await asyncio.wait_for(in_flush.wait(), 5)
+        assert sim.submits == 1
+        await s.stop_gateway()
+        await p.wait_status(["st1"], "delivered", 5)
+    assert p.statuses("st1") == ["accepted", "submitted", "delivered"]
