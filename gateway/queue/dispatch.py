@@ -331,9 +331,9 @@ class Dispatcher:
         # run()'s gather cancel the flusher in the middle of a flush, whose results the store
         # has committed by then; their events would be lost (seen: `delivered` never published
         # for the last message answered before a SIGTERM).
-        for t in self._tasks:
-            if t.get_name() == "feed":
-                t.cancel()
+        feed = [t for t in self._tasks if t.get_name() == "feed" and not t.done()]
+        if feed:
+            await asyncio.wait(feed, timeout=1.0)
 
     async def finish(self) -> None:
         """Shutdown, last step (binds closed): unsent jobs back to the store, results flushed."""
