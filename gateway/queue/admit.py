@@ -21,12 +21,11 @@ from typing import Any
 
 from gateway.log import get_logger
 from gateway.model import Priority, RejectReason, Rejection, Status, Submission
-from gateway.queue.events import Event
+from gateway.queue.events import Event, outcome_fields
 from gateway.queue.ingress import AdmitOutcome, IncomingSubmission
 from gateway.queue.store import AcceptResult, MessageStatus, NewMessage, NewRejection, Store
 from gateway.routing.table import RouteTable, route_for
 from gateway.smpp.message import TextOptions
-from gateway.smpp.pdu import status_name
 from gateway.smpp.text import TextRejected, describe
 
 Publish = Callable[[str, Event], Awaitable[Any]]
@@ -68,15 +67,8 @@ def status_event(st: MessageStatus) -> Event:
     if st.status is Status.SUBMITTED or (st.status.is_final and st.message_ids):
         fields["parts"] = st.parts
         fields["message_ids"] = list(st.message_ids)
-    if st.carrier:
-        fields["carrier"] = st.carrier
-    if st.command_status is not None:
-        fields["command_status"] = st.command_status
-        fields["command_status_name"] = status_name(st.command_status)
-    if st.error:
-        fields["error"] = st.error
-    if st.resent:
-        fields["resent"] = True
+    fields.update(outcome_fields(carrier=st.carrier, command_status=st.command_status,
+                                 error=st.error, resent=st.resent))
     fields["repeat"] = True
     return Event(st.status, fields)
 

@@ -54,6 +54,7 @@ from gateway.smpp.pdu import status_name
 from gateway.smpp.receipts import canonical_id
 from gateway.smpp.text import EncodedText, ReferenceAllocator, TextRejected
 
+from gateway.queue.events import outcome_fields
 from gateway.queue.inbound import InboundHandler
 from gateway.queue.lanes import Lanes
 
@@ -790,19 +791,12 @@ class Dispatcher:
     async def _publish_final(self, f: Final) -> None:
         self._tried.pop(f.id, None)
         extra: dict[str, Any] = {}
-        if f.carrier:
-            extra["carrier"] = f.carrier
         if f.reason:
             extra["reason"] = f.reason
         if f.detail:
             extra["detail"] = f.detail
-        if f.command_status is not None:
-            extra["command_status"] = f.command_status
-            extra["command_status_name"] = status_name(f.command_status)
-        if f.error:
-            extra["error"] = f.error
-        if f.resent:
-            extra["resent"] = True
+        extra.update(outcome_fields(carrier=f.carrier, command_status=f.command_status,
+                                    error=f.error, resent=f.resent))
         await self._publish(f.id, f.status, **extra)
 
     # -- expiry -----------------------------------------------------------------------------

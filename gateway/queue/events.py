@@ -37,6 +37,7 @@ import orjson
 from gateway.model import Rejection, RejectReason, Status
 from gateway.queue.mqtt import Backoff, MqttSettings, new_client, on_puback, publish_nowait
 from gateway.queue.submission import ID_RE
+from gateway.smpp.pdu import status_name
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,23 @@ def iso_utc(at: datetime) -> str:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def outcome_fields(*, carrier: str | None, command_status: int | None, error: str | None,
+                   resent: bool) -> dict[str, object]:
+    """The fields every event about a send's outcome may carry (CONTRACT.md): `carrier`,
+    `command_status` with `command_status_name`, the receipt's `error`, and `resent: true`."""
+    fields: dict[str, object] = {}
+    if carrier:
+        fields["carrier"] = carrier
+    if command_status is not None:
+        fields["command_status"] = command_status
+        fields["command_status_name"] = status_name(command_status)
+    if error:
+        fields["error"] = error
+    if resent:
+        fields["resent"] = True
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
