@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from gateway import web
@@ -30,10 +31,11 @@ from gateway.ops.sdnotify import Notifier
 from gateway.queue.admit import Admission
 from gateway.queue.dispatch import DispatchSettings, Dispatcher
 from gateway.queue.events import EventPublisher
+from gateway.queue.housekeeping import housekeeping_loop
 from gateway.queue.inbound import InboundHandler
 from gateway.queue.ingress import Ingress
 from gateway.queue.mqtt import MqttSettings
-from gateway.queue.store import Store
+from gateway.queue.store import Final, Store, Submitted
 from gateway.routing.table import RouteTable
 from gateway.smpp.message import TextOptions
 from gateway.smpp.connection import ssl_context
@@ -82,8 +84,12 @@ def _sqlite_parent(url: str) -> None:
 class Gateway:
     """The running daemon: every part, wired. `await start()`, then `await stop()`."""
 
-    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
+    def __init__(self, cfg: Config, config_path: str | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
+        # Wall clock of admission (policies, deferrals) and dispatch (due times, expiry); tests
+        # inject one to cross a sending window without waiting for the night.
+        self.clock = clock
         self.config_path = config_path
         self.notifier = Notifier()
         self.metrics = Metrics()
@@ -105,13 +111,24 @@ class Gateway:
         url = cfg.store.resolved_url()
         _sqlite_parent(url)
         self.store = store = await Store.open(url)
-        recovered = await store.recover_in_flight(time.time())
+        recovered = await store.recover_in_flight(self.clock())
         if recovered:
             log.warning("recovered_in_flight", messages=len(recovered))
 
         settings = mqtt_settings(cfg)
         self.publisher = publisher = EventPublisher(settings)
         self._spawn(publisher.run(), "events")
+
+        metrics = self.metrics
+
+        def on_submitted(s: Submitted) -> None:
+            if s.created_at is not None:
+                metrics.observe_submitted(s.priority, s.at - s.created_at)
+
+        def on_final(f: Final) -> None:
+            metrics.on_final(f.status, f.priority)
+            if f.status is Status.DELIVERED and f.submitted_at is not None:
+                metrics.observe_delivered(f.priority, f.at - f.submitted_at)
 
         inbound = InboundHandler(
             publish_mo=lambda **kw: publisher.publish_mo(
@@ -121,7 +138,8 @@ class Gateway:
         )
         self.dispatcher = dispatcher = Dispatcher(
             store=store, publish=self._publish, routes=route_table(cfg),
-            settings=dispatch_settings(cfg), inbound=inbound,
+            settings=dispatch_settings(cfg), inbound=inbound, rules=cfg.policies,
+            on_submitted=on_submitted, on_final=on_final, wall_clock=self.clock,
         )
         for c in cfg.carriers:
             self._add_carrier(c)
@@ -131,7 +149,9 @@ class Gateway:
             store=store, publish=self._publish_event, routes=route_table(cfg),
             text_options=lambda name: text_options(self.cfg.carrier(name)),
             max_age=lambda p: self.cfg.dispatch.max_age.for_priority(p),
-            on_accepted=dispatcher.notify,
+            rules=cfg.policies, on_accepted=dispatcher.notify,
+            on_rejected=lambda reason, priority: metrics.on_final(Status.REJECTED, priority),
+            clock=self.clock,
         )
         self.ingress = Ingress(settings, self.admission, publisher)
         self._spawn(self.ingress.run(), "ingress")
@@ -143,6 +163,7 @@ class Gateway:
         })
         await self.http.start()
         self._spawn(self._ready_when_subscribed(), "ready")
+        self._spawn(housekeeping_loop(store, lambda: self.cfg.policies, self.clock), "housekeeping")
 
     def _add_carrier(self, c: CarrierConfig) -> None:
         assert self.dispatcher is not None
@@ -228,12 +249,18 @@ class Gateway:
             "uptime_s": round(time.time() - self.started_at, 1),
             "carriers": carriers,
             "queue_depth": {p.label: depth.get(p, 0) for p in Priority},
-            "dispatch": {k: snap[k] for k in ("held", "parked", "counters", "responses_by_status")},
+            "dispatch": {k: snap[k] for k in ("held", "parked", "counters", "responses_by_status",
+                                              "receipts_by_state")},
             "ingress": None if ingress is None else {
                 "received": ingress.received, "acked": ingress.acked,
                 "lag": ingress.received - ingress.acked,
             },
             "events_pending": self.publisher.pending if self.publisher else 0,
+            "admission": None if self.admission is None else {
+                "counters": dict(self.admission.counters),
+                "rejected_by_reason": dict(self.admission.rejected_by_reason),
+                "prefix_trips": dict(self.admission.prefix_trips),
+            },
         }
 
     async def _status(self) -> Response:
@@ -269,6 +296,9 @@ class Gateway:
         routes = route_table(new)
         d.set_routes(routes)
         self.admission.routes = routes
+        self.admission.rules = d.rules = new.policies
+        if d.inbound is not None:
+            d.inbound.opt_out_keywords = tuple(new.policies.opt_out_keywords)
         # A removed or re-bound carrier: its sender stops, what it held goes back to the store
         # (routed again, e.g. to the next carrier), its binds drain their outstanding responses.
         for name in plan.removed:

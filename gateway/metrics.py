@@ -7,9 +7,14 @@ daemon's status document when /metrics is scraped, so there is one source of tru
 
 What the daemon calls (all cheap, from the event loop):
 
-- `on_status(status, priority=None)` for every event published: `smsgw_messages_total{status}`
-  (every status, the contract's counter) and, for final statuses,
-  `smsgw_messages_final_total{status, priority}` (`priority="unknown"` when not given).
+- `on_status(status)` for every event published: `smsgw_messages_total{status}` (every status,
+  repeats of a known id's status included: it counts events).
+- `on_final(status, priority)` once per message that reaches a final status (the dispatcher's
+  finals, admission's rejections): `smsgw_messages_final_total{status, priority}`
+  (`priority="unknown"` for a submission too broken to have one).
+- `on_policy_rejection(reason)` / prefix trips are read from the status document
+  (`admission.rejected_by_reason`, `admission.prefix_trips`):
+  `smsgw_rejections_total{reason}`, `smsgw_otp_prefix_cap_trips_total{prefix}`.
 - `observe_submitted(priority, seconds)`: accepted → submitted (every part accepted by a carrier);
   `smsgw_submit_latency_seconds{priority}`.
 - `observe_delivered(priority, seconds)`: submitted → delivered (final receipt);
@@ -21,8 +26,9 @@ Read from the status document (see `Gateway.status_doc`): per carrier `smsgw_bin
 `smsgw_submitted_parts_total`, `smsgw_lane_depth{priority}`; `smsgw_queue_depth{priority}`,
 `smsgw_held{priority}`, `smsgw_parked`, `smsgw_ingress_received_total`, `smsgw_ingress_acked_total`,
 `smsgw_ingress_lag`, `smsgw_events_pending`, `smsgw_uptime_seconds`,
-`smsgw_submit_responses_total{command_status}`, `smsgw_retries_total`, `smsgw_receipts_total`, and
-`smsgw_receipts_by_state_total{state}` when `dispatch.receipts_by_state` is in the document.
+`smsgw_submit_responses_total{command_status}`, `smsgw_retries_total`, `smsgw_receipts_total`,
+`smsgw_receipts_by_state_total{state}` (the receipt's `stat`, e.g. DELIVRD, UNDELIV),
+`smsgw_rejections_total{reason}` and `smsgw_otp_prefix_cap_trips_total{prefix}`.
 """
 
 from __future__ import annotations
@@ -144,6 +150,18 @@ class _StatusCollector:
                 rs.add_metric([s], _num(n))
             yield rs
 
+        admission = doc.get("admission") or {}
+        rejections = CounterMetricFamily("smsgw_rejections", "Submissions rejected, by reason",
+                                         labels=["reason"])
+        for reason, n in (admission.get("rejected_by_reason") or {}).items():
+            rejections.add_metric([reason], _num(n))
+        trips = CounterMetricFamily("smsgw_otp_prefix_cap_trips",
+                                    "OTPs rejected by a prefix cap (SMS-pumping guard)",
+                                    labels=["prefix"])
+        for prefix, n in (admission.get("prefix_trips") or {}).items():
+            trips.add_metric([prefix], _num(n))
+        yield from (rejections, trips)
+
         ingress = doc.get("ingress") or {}
         received = CounterMetricFamily("smsgw_ingress_received", "Submissions received from MQTT")
         received.add_metric([], _num(ingress.get("received")))
@@ -182,9 +200,12 @@ class Metrics:
         self._status = _StatusCollector()
         self.registry.register(self._status)  # type: ignore[arg-type]
 
-    def on_status(self, status: Status | str, priority: Priority | str | None = None) -> None:
-        """An event was published: count it (and by priority when it is final)."""
+    def on_status(self, status: Status | str) -> None:
+        """An event was published: count it."""
         self.messages.labels(str(status)).inc()
+
+    def on_final(self, status: Status | str, priority: Priority | str | None) -> None:
+        """A message reached a final status (counted once per message)."""
         if str(status) in _FINAL:
             self.final.labels(str(status), _priority_label(priority)).inc()
 

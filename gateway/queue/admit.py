@@ -1,12 +1,16 @@
 """Admission: parsed submissions → accepted (stored), deferred or rejected, and their events.
 
-Owns the ingress's `admit` callback: for a batch of submissions it checks what can be checked
-before a send (a route exists, the text fits the first carrier's part limit, marketing to an
-opted-out number, the configured policies), commits the batch in one store call (group commit:
-rejected ids are stored too, so that a repeat of any id is idempotent), and publishes each item's
-events *after* the commit and before returning (so the ingress sends the PUBACK only then, and an
-`accepted` event is queued before the dispatcher can publish `submitted` for the same message).
-A repeat of a known id publishes its current status again.
+Owns the ingress's `admit` callback: for a batch of submissions it fetches what the policies
+need from the store in a few queries (recipients' history, OTP counts per capped prefix,
+opt-outs), decides each submission in arrival order (a route exists; the final text —
+signature and opt-out text applied by `routing.policy.prepare_text` — fits the first carrier's
+part limit; then `routing.policy.BatchLedger.admit`: blocked content, opt-out, duplicate
+content, OTP velocity and prefix caps, marketing caps, the marketing window), commits the batch
+in one store call (group commit: rejected ids are stored too, so that a repeat of any id is
+idempotent), and publishes each item's events *after* the commit and before returning (so the
+ingress sends the PUBACK only then, and an `accepted` event is queued before the dispatcher can
+publish `submitted` for the same message). A repeat of a known id publishes its current status
+again. Rules and routes are attributes, swapped whole on reload.
 """
 
 from __future__ import annotations
@@ -15,15 +19,27 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
+
+from gateway.config import Policies
 
 from gateway.log import get_logger
 from gateway.model import Priority, RejectReason, Rejection, Status, Submission
 from gateway.queue.events import Event, outcome_fields
 from gateway.queue.ingress import AdmitOutcome, IncomingSubmission
 from gateway.queue.store import AcceptResult, MessageStatus, NewMessage, NewRejection, Store
+from gateway.routing.policy import (
+    BatchEntry,
+    BatchLedger,
+    PastMessage,
+    Verdict,
+    capped_prefixes,
+    history_since,
+    prefix_count_queries,
+    prepare_text,
+)
 from gateway.routing.table import RouteTable, route_for
 from gateway.smpp.message import TextOptions
 from gateway.smpp.text import TextRejected, describe
@@ -46,18 +62,23 @@ async def _test_pause(where: str) -> None:
         await asyncio.sleep(3600)
 
 
-def iso_local(epoch: float) -> str:
-    """ISO 8601 with an offset (UTC), for `until`."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+def iso_local(epoch: float, tz: tzinfo = UTC) -> str:
+    """ISO 8601 with the offset of `tz` (the policies' time zone), for `until`."""
+    return datetime.fromtimestamp(epoch, tz).isoformat(timespec="seconds")
 
 
-def status_event(st: MessageStatus) -> Event:
+# A tripped pumping guard is logged once per prefix per this many seconds (it is counted always):
+# an attack sends thousands a second, and one line says what an operator needs.
+PREFIX_TRIP_LOG_INTERVAL_S = 60.0
+
+
+def status_event(st: MessageStatus, tz: tzinfo = UTC) -> Event:
     """The current status of a known id, as an event to publish again."""
     fields: dict[str, object] = {}
     if st.status in (Status.ACCEPTED, Status.DEFERRED):
         fields["parts"] = st.parts
     if st.status is Status.DEFERRED:
-        fields["until"] = iso_local(st.due_at)
+        fields["until"] = iso_local(st.due_at, tz)
         if st.reason:
             fields["reason"] = st.reason
     if st.status is Status.REJECTED or st.status is Status.FAILED:
@@ -73,8 +94,14 @@ def status_event(st: MessageStatus) -> Event:
     return Event(st.status, fields)
 
 
+def needs_history(rules: Policies) -> bool:
+    """Whether any rule counts earlier messages (so batches must be decided in turn)."""
+    return bool(history_since(rules, 0.0)) or bool(rules.otp.prefix_caps)
+
+
 class Admission:
-    """The admit callback of the ingress. `routes`/`text_options` may be replaced on reload."""
+    """The admit callback of the ingress. `routes`, `rules` and `text_options` may be replaced
+    on reload (each batch reads them once)."""
 
     def __init__(
         self,
@@ -84,25 +111,66 @@ class Admission:
         routes: RouteTable,
         text_options: Callable[[str], TextOptions],
         max_age: Callable[[Priority], float | None],
+        rules: Policies | None = None,
         on_accepted: Callable[[], None] = lambda: None,
+        on_rejected: Callable[[str, Priority | None], None] = lambda reason, priority: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self._publish = publish
         self.routes = routes
+        self.rules = rules if rules is not None else Policies()
+        self._on_rejected = on_rejected
         self.text_options = text_options
         self.max_age = max_age
         self._on_accepted = on_accepted
         self._clock = clock
         self.counters = {"accepted": 0, "rejected": 0, "deferred": 0, "repeats": 0,
                          "internal_errors": 0}
+        self.rejected_by_reason: dict[str, int] = {}
+        self.prefix_trips: dict[str, int] = {}  # OTP rejected by a prefix cap, per prefix
+        self._prefix_logged: dict[str, float] = {}
+        self._decide_lock = asyncio.Lock()
+        self._pending: dict[object, list[tuple[str, BatchEntry, list[str]]]] = {}
 
     async def __call__(self, batch: list[IncomingSubmission]) -> Sequence[AdmitOutcome]:
-        now = self._clock()
+        rules = self.rules
+        token = object()
+        if needs_history(rules):
+            # The ingress admits several batches at once (pipelined commits). Rules that count
+            # history must see every batch decided before this one, committed or not: reads and
+            # decisions take turns, and what a batch admitted stays visible in `_pending` until
+            # its commit is done (commits still overlap).
+            async with self._decide_lock:
+                now = self._clock()
+                decided, extras = await self._decide_batch(batch, rules, now)
+                self._pending[token] = self._pending_entries(decided, rules, now)
+        else:
+            now = self._clock()
+            decided, extras = await self._decide_batch(batch, rules, now)
+        try:
+            if _TEST_PAUSE:
+                await _test_pause("before")
+            results = await self._commit(decided)
+        finally:
+            self._pending.pop(token, None)
+        if _TEST_PAUSE:
+            await _test_pause("after")
+        any_accepted = False
+        for d, r in zip(decided, results, strict=True):
+            for event in self._events(d, r, rules, extras.get(d.id)):
+                await self._publish(d.id, event)
+            any_accepted = any_accepted or (r.inserted and isinstance(d, NewMessage))
+        if any_accepted:
+            self._on_accepted()
+        return [AdmitOutcome(()) for _ in batch]
+
+    async def _decide_batch(self, batch: list[IncomingSubmission], rules: Policies, now: float
+                            ) -> tuple[list[NewMessage | NewRejection], dict[str, dict[str, object]]]:
         decided: list[NewMessage | NewRejection] = []
+        extras: dict[str, dict[str, object]] = {}  # id → a rejection's machine-readable details
         subs = [i.submission for i in batch]
-        marketing = [s.to for s in subs if s is not None and s.priority is Priority.MARKETING]
-        opted_out = await self.store.opted_out(marketing) if marketing else set()
+        ledger = await self._ledger([s for s in subs if s is not None], rules, now)
         for item, sub in zip(batch, subs, strict=True):
             if sub is None:
                 rej = item.rejection
@@ -111,7 +179,7 @@ class Admission:
                                             detail=rej.detail, created_at=now))
                 continue
             try:
-                decision = self.decide(sub, now, opted_out)
+                decision = self.decide(sub, now, ledger)
             except Exception as exc:
                 # A bug with one submission must not fail its whole batch again and again (the
                 # ingress retries a failed admit, nothing is acked meanwhile: all intake stops).
@@ -124,39 +192,90 @@ class Admission:
                 continue
             if isinstance(decision, Rejection):
                 decided.append(NewRejection.from_submission(sub, decision, now))
+                if decision.extra:
+                    extras[sub.id] = decision.extra
             else:
                 decided.append(decision)
-        if _TEST_PAUSE:
-            await _test_pause("before")
-        results = await self._commit(decided)
-        if _TEST_PAUSE:
-            await _test_pause("after")
-        any_accepted = False
-        for d, r in zip(decided, results, strict=True):
-            for event in self._events(d, r):
-                await self._publish(d.id, event)
-            any_accepted = any_accepted or (r.inserted and isinstance(d, NewMessage))
-        if any_accepted:
-            self._on_accepted()
-        return [AdmitOutcome(()) for _ in batch]
+        return decided, extras
 
-    def decide(self, sub: Submission, now: float, opted_out: set[str]) -> NewMessage | Rejection:
-        """The pure part: what happens to one submission (before policies of issue 6)."""
+    def _pending_entries(self, decided: Sequence[NewMessage | NewRejection], rules: Policies,
+                         now: float) -> list[tuple[str, BatchEntry, list[str]]]:
+        """What a decided batch adds to the history before its commit: (number, entry, the
+        capped prefixes it counts under)."""
+        out = []
+        for d in decided:
+            if isinstance(d, NewMessage):
+                entry = BatchEntry(d.id, now, d.priority, self.store.text_digest(d.text))
+                prefixes = capped_prefixes(d.to, rules) if d.priority is Priority.OTP else []
+                out.append((d.to, entry, prefixes))
+        return out
+
+    async def _ledger(self, subs: Sequence[Submission], rules: Policies, now: float) -> BatchLedger:
+        """What the rules need for this batch, fetched in a few queries (none when off), plus
+        what batches decided earlier admitted and have not committed yet (taken before the
+        reads: a batch that commits meanwhile is then in one or both, never in neither; an id
+        in both counts once; a prefix count can count it twice, which errs strict)."""
+        pending = [e for entries in self._pending.values() for e in entries]
+        since = history_since(rules, now)
+        numbers = sorted({s.to for s in subs})
+        history = await self.store.history(numbers, since) if since and numbers else {}
+        otp = [s.to for s in subs if s.priority is Priority.OTP]
+        counts = {prefix: await self.store.count_prefix(prefix, Priority.OTP, start)
+                  for prefix, start in prefix_count_queries(otp, rules, now).items()}
+        marketing = sorted({s.to for s in subs if s.priority is Priority.MARKETING})
+        opted_out = await self.store.opted_out(marketing) if marketing else set()
+        if pending:
+            merged: dict[str, list[PastMessage]] = {n: list(h) for n, h in history.items()}
+            wanted = set(numbers)
+            for number, entry, prefixes in pending:
+                if number in wanted:
+                    known = merged.setdefault(number, [])
+                    if all(e.id != entry.id for e in known):
+                        known.append(entry)
+                for prefix in prefixes:
+                    if prefix in counts:
+                        counts[prefix] += 1
+            history = merged
+        return BatchLedger(rules, now, history, counts, opted_out)
+
+    def decide(self, sub: Submission, now: float, ledger: BatchLedger) -> NewMessage | Rejection:
+        """One submission against the route table, the text limits and the batch's ledger."""
         route = route_for(sub.to, self.routes)
         if not route:
             return Rejection(RejectReason.NO_ROUTE, f"no route for numbers starting {sub.to[:4]}")
-        if sub.priority is Priority.MARKETING and sub.to in opted_out:
-            return Rejection(RejectReason.OPTED_OUT, "the recipient opted out of marketing")
+        rules = ledger.rules
+        text = prepare_text(sub, rules)
         opts = self.text_options(route[0])
         try:
-            info = describe(sub.text, max_parts=opts.max_parts, reference_bits=opts.reference_bits,
+            info = describe(text, max_parts=opts.max_parts, reference_bits=opts.reference_bits,
                             gsm_data_coding=opts.gsm_data_coding)
         except TextRejected as exc:
             return Rejection(RejectReason(exc.reason) if exc.reason in RejectReason.__members__.values()
                              else RejectReason.TOO_LONG, exc.detail)
+        verdict = ledger.admit(sub, text, digest=self.store.text_digest(text))
+        if verdict.verdict is Verdict.REJECT:
+            assert verdict.rejection is not None
+            if verdict.rejection.extra.get("scope") == "prefix":
+                self._prefix_tripped(str(verdict.rejection.extra.get("prefix")),
+                                     str(verdict.rejection.extra.get("limit")), now)
+            return verdict.rejection
         parts = 1 if opts.mode == "payload" else info.parts
-        return NewMessage.from_submission(sub, parts=parts, now=now,
-                                          max_age_s=self.max_age(sub.priority))
+        due_at = None
+        if verdict.verdict is Verdict.DEFER:
+            assert verdict.until is not None
+            due_at = verdict.until.timestamp()
+        return NewMessage.from_submission(sub, parts=parts, now=now, text=text,
+                                          max_age_s=self.max_age(sub.priority),
+                                          due_at=due_at, reason=verdict.reason)
+
+    def _prefix_tripped(self, prefix: str, limit: str, now: float) -> None:
+        """The SMS-pumping guard refused an OTP: counted always, logged once a minute a prefix."""
+        self.prefix_trips[prefix] = self.prefix_trips.get(prefix, 0) + 1
+        last = self._prefix_logged.get(prefix)
+        if last is None or now - last >= PREFIX_TRIP_LOG_INTERVAL_S:
+            self._prefix_logged[prefix] = now
+            log.warning("otp_prefix_cap_tripped", prefix=prefix, limit=limit,
+                        rejected_so_far=self.prefix_trips[prefix])
 
     async def _commit(self, decided: list[NewMessage | NewRejection]) -> list[AcceptResult]:
         msgs = [(i, d) for i, d in enumerate(decided) if isinstance(d, NewMessage)]
@@ -172,17 +291,22 @@ class Admission:
                 out[i] = r
         return [r for r in out if r is not None]
 
-    def _events(self, d: NewMessage | NewRejection, r: AcceptResult) -> list[Event]:
+    def _events(self, d: NewMessage | NewRejection, r: AcceptResult, rules: Policies,
+                extra: dict[str, object] | None = None) -> list[Event]:
         if not r.inserted:
             self.counters["repeats"] += 1
-            return [status_event(r.existing)] if r.existing is not None else []
+            return [status_event(r.existing, rules.tz)] if r.existing is not None else []
         if isinstance(d, NewRejection):
             self.counters["rejected"] += 1
-            return [Event(Status.REJECTED, {"reason": d.reason, "detail": d.detail})]
+            self.rejected_by_reason[d.reason] = self.rejected_by_reason.get(d.reason, 0) + 1
+            self._on_rejected(d.reason, d.priority if d.to is not None else None)
+            # The rule's details (e.g. `limit`, `scope`, `retry_after_s`, `rule`) ride along:
+            # a client can back off exactly instead of parsing `detail`.
+            return [Event(Status.REJECTED, {**(extra or {}), "reason": d.reason, "detail": d.detail})]
         self.counters["accepted"] += 1
         events = [Event(Status.ACCEPTED, {"parts": d.parts})]
         if d.status is Status.DEFERRED and d.due_at is not None:
             self.counters["deferred"] += 1
-            events.append(Event(Status.DEFERRED, {"until": iso_local(d.due_at),
+            events.append(Event(Status.DEFERRED, {"until": iso_local(d.due_at, rules.tz),
                                                   "reason": d.reason or "not_before"}))
         return events

@@ -15,6 +15,11 @@ Owns the middle of the flow of one message (DESIGN.md):
   store's group commit), then the events are published and received deliver_sm are answered
   (after the commit: the store is the truth).
 
+Marketing that becomes due outside its sending window (a `not_before`, a retry, a backlog that
+drained past 20:00) is not sent: the feeder puts it back DEFERRED to the window's next opening
+(`routing.policy.window_until`) and publishes `deferred` with `until` and reason
+`marketing_window`.
+
 Errors are classified by `routing.errors` (per-carrier overrides): transient errors retry on the
 same carrier with backoff (in memory, the job keeps its encoded parts so that a retried part
 carries the same concatenation reference); throttling slows the carrier's rate (AIMD in
@@ -33,6 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.config import Policies
 from gateway.log import get_logger
 from gateway.model import FailReason, Priority, Status
 from gateway.queue.store import (
@@ -46,6 +52,7 @@ from gateway.queue.store import (
     Submitted,
 )
 from gateway.routing.errors import ErrorPolicy, Kind, Signal, parse_overrides
+from gateway.routing.policy import DEFER_MARKETING_WINDOW, window_until
 from gateway.routing.table import Health, RouteTable, carriers_for, route_for
 from gateway.routing.throttle import CarrierThrottle
 from gateway.smpp import session as smpp
@@ -156,10 +163,17 @@ class Dispatcher:
         max_age: Callable[[Priority], float] | None = None,
         inbound: InboundHandler | None = None,
         wall_clock: Callable[[], float] = time.time,
+        rules: Policies | None = None,
+        on_submitted: Callable[[Submitted], None] | None = None,
+        on_final: Callable[[Final], None] | None = None,
     ) -> None:
         self.store = store
         self._publish = publish
         self.routes = routes
+        self.rules = rules if rules is not None else Policies()  # replaced whole on reload
+        # Observers (metrics): called once per message that became submitted / final.
+        self._on_submitted = on_submitted
+        self._on_final = on_final
         self.settings = settings
         self._max_age = max_age
         self.inbound = inbound
@@ -169,6 +183,10 @@ class Dispatcher:
         self._held = {p: 0 for p in Priority}
         self._parked: dict[str, float] = {}  # message id → monotonic time of the next look
         self._tried: dict[str, set[str]] = {}  # message id → carriers that answered "reroute"
+        # Ids whose parts may have reached the carrier (a response timeout, a lost connection)
+        # and were retried in memory: the store's `resent` is set only on a requeue, so the
+        # events published from it are told here (until the message's final event).
+        self._resent: set[str] = set()
         self._feed_wake = asyncio.Event()
         self._flush_wake = asyncio.Event()
         self._accepted: list[PartAccepted] = []
@@ -185,6 +203,7 @@ class Dispatcher:
             "internal_errors": 0,
         }
         self.responses_by_status: dict[str, int] = {}
+        self.receipts_by_state: dict[str, int] = {}
 
     # -- carriers --------------------------------------------------------------------------
 
@@ -402,6 +421,9 @@ class Dispatcher:
                                            exclude=self._parked.keys())
         if not batch:
             return 0
+        fetched = len(batch)
+        if prio is Priority.MARKETING:
+            batch = await self._defer_outside_window(batch, now)
         health = self.health()
         by_carrier: dict[str, list[DueMessage]] = {}
         for m in batch:
@@ -443,7 +465,34 @@ class Dispatcher:
                 self._held[m.priority] += 1
                 lane.lanes.push(job)
             lane.wake.set()
-        return len(batch)
+        return fetched
+
+    async def _defer_outside_window(self, batch: list[DueMessage], now: float) -> list[DueMessage]:
+        """Marketing due outside its sending window goes back DEFERRED to the next opening
+        (committed, then `deferred` published); returns the rest of the batch."""
+        rules = self.rules
+        if rules.marketing.window is None and not rules.marketing.prefix_windows:
+            return batch
+        keep: list[DueMessage] = []
+        deferrals: list[tuple[DueMessage, Any]] = []
+        for m in batch:
+            until = window_until(m.to, rules, now)
+            if until is None:
+                keep.append(m)
+            else:
+                deferrals.append((m, until))
+        if not deferrals:
+            return batch
+        done = await self.store.requeue([
+            Requeue(m.id, due_at=until.timestamp(), at=now, resent=m.resent,
+                    status=Status.DEFERRED, reason=DEFER_MARKETING_WINDOW)
+            for m, until in deferrals])
+        for (m, until), ok in zip(deferrals, done, strict=True):
+            if ok:
+                await self._publish(m.id, Status.DEFERRED,
+                                    until=until.isoformat(timespec="seconds"),
+                                    reason=DEFER_MARKETING_WINDOW)
+        return keep
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -585,6 +634,8 @@ class Dispatcher:
             receipt = self.inbound.on_deliver(carrier, ev.pdu, self._now(), link, ev.seq)
             if receipt is not None:  # else MO or unusable: the inbound handler answers it
                 self.counters["receipts"] += 1
+                state = str(receipt.state)
+                self.receipts_by_state[state] = self.receipts_by_state.get(state, 0) + 1
                 self._receipts.append((receipt, link, ev.seq, link.generation))
                 self._schedule_flush()
         elif isinstance(ev, (smpp.Bound, smpp.Closed)):
@@ -640,6 +691,8 @@ class Dispatcher:
         if failure is not None:
             kind, status, detail, resent = failure
             job.resent = job.resent or resent
+            if job.resent:
+                self._resent.add(job.msg.id)
         else:
             kind, status, detail = Kind.TRANSIENT, None, "carrier went down"
         job.failure = None
@@ -784,8 +837,10 @@ class Dispatcher:
     async def _publish_submitted(self, s: Submitted) -> None:
         extra: dict[str, Any] = {"carrier": s.carrier, "parts": s.parts,
                                  "message_ids": list(s.message_ids)}
-        if s.resent:
+        if s.resent or s.id in self._resent:
             extra["resent"] = True
+        if self._on_submitted is not None:
+            self._on_submitted(s)
         await self._publish(s.id, Status.SUBMITTED, **extra)
 
     async def _publish_final(self, f: Final) -> None:
@@ -795,8 +850,12 @@ class Dispatcher:
             extra["reason"] = f.reason
         if f.detail:
             extra["detail"] = f.detail
+        resent = f.resent or f.id in self._resent
+        self._resent.discard(f.id)
         extra.update(outcome_fields(carrier=f.carrier, command_status=f.command_status,
-                                    error=f.error, resent=f.resent))
+                                    error=f.error, resent=resent))
+        if self._on_final is not None:
+            self._on_final(f)
         await self._publish(f.id, f.status, **extra)
 
     # -- expiry -----------------------------------------------------------------------------
@@ -834,4 +893,5 @@ class Dispatcher:
             },
             "counters": dict(self.counters),
             "responses_by_status": dict(self.responses_by_status),
+            "receipts_by_state": dict(self.receipts_by_state),
         }

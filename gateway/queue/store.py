@@ -332,6 +332,8 @@ class Submitted:
     message_ids: tuple[str, ...]
     resent: bool
     at: float
+    priority: Priority | None = None
+    created_at: float | None = None  # accepted at (for the accepted → submitted latency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +350,8 @@ class Final:
     error: str | None
     resent: bool
     at: float
+    created_at: float | None = None
+    submitted_at: float | None = None  # when the last part was accepted (receipt finals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,12 +534,14 @@ def _status_of(r: Sequence[Any], message_ids: tuple[str, ...] = ()) -> MessageSt
     )
 
 
-def _final_of(m: Mapping[str, Any], f: Finalize) -> Final:
+def _final_of(m: Mapping[str, Any], f: Finalize, submitted_at: float | None = None) -> Final:
+    created = m.get("created_at")
     return Final(
         id=f.id, status=f.status, priority=_PRIORITY_OF[m["priority"]],
         carrier=f.carrier if f.carrier is not None else m["carrier"], reason=f.reason,
         detail=f.detail, command_status=f.command_status, error=f.error,
         resent=bool(m["resent"]), at=f.at,
+        created_at=None if created is None else created / 1e6, submitted_at=submitted_at,
     )
 
 
@@ -606,9 +612,9 @@ class _Sql:
             d, "SELECT message_id, part_no, carrier_message_id FROM parts "
                f"WHERE {d.in_('message_id')}", ("message_id", "part_no", "carrier_message_id"))
         self.s_msgs = _Select(
-            d, "SELECT id, state, status, priority, parts_total, carrier, resent FROM messages "
-               f"WHERE {d.in_('id')}",
-            ("id", "state", "status", "priority", "parts_total", "carrier", "resent"))
+            d, "SELECT id, state, status, priority, parts_total, carrier, resent, created_at "
+               f"FROM messages WHERE {d.in_('id')}",
+            ("id", "state", "status", "priority", "parts_total", "carrier", "resent", "created_at"))
         self.s_parts = _Select(d, f"SELECT {pnames} FROM parts WHERE {d.in_('message_id')}",
                                _PART_NAMES)
         self.s_claimable = _Select(
@@ -736,7 +742,7 @@ class _Sql:
             return {}
         return {
             r[0]: {"id": r[0], "state": r[1], "status": r[2], "priority": r[3],
-                   "parts_total": r[4], "carrier": r[5], "resent": r[6]}
+                   "parts_total": r[4], "carrier": r[5], "resent": r[6], "created_at": r[7]}
             for r in self.s_msgs(conn, (self.d.arr(uniq),))
         }
 
@@ -873,7 +879,8 @@ class _Sql:
                 submitted[mid] = Submitted(
                     id=mid, carrier=p.carrier, parts=m["parts_total"],
                     message_ids=tuple(x["carrier_message_id"] for x in mparts if x is not None),
-                    resent=bool(m["resent"]), at=p.at)
+                    resent=bool(m["resent"]), at=p.at, priority=_PRIORITY_OF[m["priority"]],
+                    created_at=m["created_at"] / 1e6 if m.get("created_at") is not None else None)
             if m["state"] == _SUBMITTED:
                 verdict = _verdict([x["state"] for x in mparts if x is not None])
                 if verdict is not None:
@@ -881,7 +888,7 @@ class _Sql:
                     f = Finalize(id=mid, status=verdict, at=p.at, carrier=p.carrier,
                                  error=decider["error"] if decider else None)
                     to_finalize.append(f)
-                    finals[mid] = _final_of(m, f)
+                    finals[mid] = _final_of(m, f, submitted_at=p.at)
         self.b_submit(conn, to_submit)
         self._finalize_rows(conn, to_finalize)
 
@@ -962,7 +969,9 @@ class _Sql:
                              error=decider["error"] if decider else None)
                 to_finalize.append(f)
                 o = outcomes[idx]
-                outcomes[idx] = ReceiptOutcome(o.match, o.message_id, o.part_no, _final_of(m, f))
+                sent = [x["submitted_at"] for x in mparts if x is not None and x["submitted_at"]]
+                outcomes[idx] = ReceiptOutcome(o.match, o.message_id, o.part_no,
+                                               _final_of(m, f, max(sent) / 1e6 if sent else None))
             self._finalize_rows(conn, to_finalize)
         return _split(outcomes, payloads)
 

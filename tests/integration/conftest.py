@@ -185,6 +185,25 @@ class Probe:
                 + ", ".join(f"{i}: {self.statuses(i)}" for i in sample)) from None
 
 
+# --------------------------------------------------------------------------------- a clock
+
+
+class TestClock:
+    """A wall clock for the gateway that starts at a chosen instant and runs at real speed from
+    there; `set(epoch)` jumps it (e.g. across a night, to a sending window's opening)."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, start: float) -> None:
+        self.set(start)
+
+    def set(self, epoch: float) -> None:
+        self._base, self._mono = epoch, time.monotonic()
+
+    def __call__(self) -> float:
+        return self._base + (time.monotonic() - self._mono)
+
+
 # --------------------------------------------------------------------------------- the setup
 
 
@@ -306,11 +325,13 @@ class GatewaySetup:
 
     # -- in-process gateway ---------------------------------------------------------------
 
-    async def start_gateway(self, wait_ready: bool = True) -> Gateway:
+    async def start_gateway(self, wait_ready: bool = True,
+                            clock: Callable[[], float] | None = None) -> Gateway:
+        """Run the gateway in this process; `clock` replaces its wall clock (see `TestClock`)."""
         path = self.write_config()
         cfg = load_config(str(path))
         configure_logging("info", stream=self.log_stream)
-        gw = Gateway(cfg, str(path))
+        gw = Gateway(cfg, str(path)) if clock is None else Gateway(cfg, str(path), clock=clock)
         self.gateway = gw
         await gw.start()
         if wait_ready:
