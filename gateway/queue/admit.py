@@ -213,14 +213,16 @@ class Admission:
     async def _ledger(self, subs: Sequence[Submission], rules: Policies, now: float) -> BatchLedger:
         """What the rules need for this batch, fetched in a few queries (none when off), plus
         what batches decided earlier admitted and have not committed yet (taken before the
-        reads: a batch that commits meanwhile is then in one or both, never in neither; an id
-        in both counts once; a prefix count can count it twice, which errs strict)."""
+        reads: a batch that commits meanwhile is then in one or both, never in neither, and an
+        id in both counts once)."""
         pending = [e for entries in self._pending.values() for e in entries]
+        pending_otp = [entry.id for _, entry, prefixes in pending if prefixes]
         since = history_since(rules, now)
         numbers = sorted({s.to for s in subs})
         history = await self.store.history(numbers, since) if since and numbers else {}
         otp = [s.to for s in subs if s.priority is Priority.OTP]
-        counts = {prefix: await self.store.count_prefix(prefix, Priority.OTP, start)
+        counts = {prefix: await self.store.count_prefix(prefix, Priority.OTP, start,
+                                                        exclude=pending_otp)
                   for prefix, start in prefix_count_queries(otp, rules, now).items()}
         marketing = sorted({s.to for s in subs if s.priority is Priority.MARKETING})
         opted_out = await self.store.opted_out(marketing) if marketing else set()

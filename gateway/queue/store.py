@@ -68,7 +68,6 @@ import asyncio
 import enum
 import hashlib
 import hmac
-import json
 import logging
 import os
 import sqlite3
@@ -82,6 +81,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -451,7 +451,13 @@ class _Dialect:
                 else f"{col} IN (SELECT value FROM json_each(?))")
 
     def arr(self, values: Iterable[Any]) -> Any:
-        return list(values) if self.pg else json.dumps(list(values), ensure_ascii=False)
+        return list(values) if self.pg else _json(list(values))
+
+
+def _json(values: Any) -> str:  # noqa: ANN401
+    """A JSON array parameter for SQLite's json_each (text: SQLite 3.40 refuses a JSON blob).
+    orjson: ~10x the stdlib's speed, and this runs for every row the store writes."""
+    return orjson.dumps(values).decode()
 
 
 class _Select:
@@ -468,7 +474,7 @@ class _Select:
     def __call__(self, conn: Connection, params: tuple[Any, ...]) -> list[Sequence[Any]]:
         res = conn.exec_driver_sql(self.sql, params)
         if self.json:
-            return json.loads(res.scalar_one())  # type: ignore[no-any-return]
+            return orjson.loads(res.scalar_one())  # type: ignore[no-any-return]
         return res.all()  # type: ignore[return-value]
 
 
@@ -492,7 +498,7 @@ class _Bulk:
         if self.pg:
             conn.exec_driver_sql(self.sql, tuple(list(c) for c in zip(*rows)))
         else:
-            conn.exec_driver_sql(self.sql, (json.dumps(rows, ensure_ascii=False),))
+            conn.exec_driver_sql(self.sql, (_json(rows),))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1186,7 +1192,8 @@ class _Sql:
             q = q.where(M.c.id != exclude_id)
         return int(conn.execute(q).scalar_one())
 
-    def count_prefix(self, conn: Connection, prefix: str, priority: Priority, since: float) -> int:
+    def count_prefix(self, conn: Connection, prefix: str, priority: Priority, since: float,
+                     exclude: Sequence[str] = ()) -> int:
         # Range scan of (priority, created_at) over the window, prefix filtered per row: the
         # window is short (a minute), so this is bounded by the recent volume of one priority.
         M = schema.messages
@@ -1194,6 +1201,8 @@ class _Sql:
              .where(M.c.priority == int(priority), M.c.created_at >= _us(since),
                     sa.func.substr(M.c.to_number, 1, len(prefix)) == prefix,
                     M.c.status != str(Status.REJECTED)))
+        if exclude:
+            q = q.where(M.c.id.not_in(list(exclude)))
         return int(conn.execute(q).scalar_one())
 
     def opted_out(self, conn: Connection, numbers: Sequence[str]) -> set[str]:
@@ -1884,9 +1893,11 @@ class Store:
         return await self._read(self._sql.count_sent, number, list(Priority), since,
                                 self.text_digest(text), exclude_id)
 
-    async def count_prefix(self, prefix: str, priority: Priority, since: float) -> int:
-        """Accepted messages of `priority` to numbers starting with `prefix` since `since`."""
-        return await self._read(self._sql.count_prefix, prefix, priority, since)
+    async def count_prefix(self, prefix: str, priority: Priority, since: float, *,
+                           exclude: Sequence[str] = ()) -> int:
+        """Accepted messages of `priority` to numbers starting with `prefix` since `since`,
+        not counting the ids in `exclude` (the caller counts those itself)."""
+        return await self._read(self._sql.count_prefix, prefix, priority, since, tuple(exclude))
 
     async def is_opted_out(self, number: str) -> bool:
         return number in await self._read(self._sql.opted_out, [number])

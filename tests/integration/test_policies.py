@@ -352,3 +352,25 @@ async def test_policies_reload_live(setup: GatewaySetup) -> None:
     assert r2 is not None and r2["reason"] == "blocked_content" and "lucky draw" in r2["detail"]
     assert sim.submits == 1
     assert re.search(r'"reloaded"', s.log_stream.getvalue())
+
+
+async def test_limits_hold_across_batches_admitted_at_once(setup: GatewaySetup) -> None:
+    """The ingress admits several batches concurrently; the limits still count every one."""
+    s = setup
+    sim = await start(s, TestClock(local("2026-11-23 10:00")))
+    async with s.probe() as p:
+        # 40 OTPs to one number and 10 to each of 4 numbers under the capped +86170, published
+        # in one go (many arrive while earlier batches are still committing).
+        docs = [{"id": f"burst{i}", "to": "+8613911110101", "text": f"Your code is {100000 + i}",
+                 "priority": "otp"} for i in range(40)]
+        docs += [{"id": f"cap{i}", "to": f"+861709876543{i % 4}", "text": f"Code {200000 + i}",
+                  "priority": "otp"} for i in range(40)]
+        await p.publish(docs, chunk=80)
+        await p.wait_status([d["id"] for d in docs])
+    finals = {d["id"]: p.final(d["id"]) for d in docs}
+    burst = [i for i, f in finals.items() if i.startswith("burst") and f["status"] != "rejected"]  # type: ignore[index]
+    capped = [i for i, f in finals.items() if i.startswith("cap") and f["status"] != "rejected"]  # type: ignore[index]
+    assert len(burst) == 1, burst  # 1/1m per number
+    assert len(capped) == 3, capped  # 3/1m over the prefix
+    assert sim.submits == 4
+    assert s.gateway.ingress.stats.batches >= 2  # type: ignore[union-attr]

@@ -489,6 +489,8 @@ async def test_history_queries(store: Store) -> None:
     assert await store.count_same_text(b, "sale", T0 - 30) == 0
     assert await store.count_prefix("+86", Priority.OTP, T0 - 60) == 2
     assert await store.count_prefix("+1", Priority.OTP, T0 - 60) == 1
+    # Ids the caller counts itself (admitted, commit in flight) are left out.
+    assert await store.count_prefix("+86", Priority.OTP, T0 - 60, exclude=["h5", "nope"]) == 1
     hist = await store.history([a, b, "+447700900000"],
                                {Priority.OTP: T0 - 86_400, Priority.MARKETING: T0 - 86_400 * 30})
     assert [e.id for e in hist[a]] == ["h3", "h1", "h2", "h4"]
