@@ -315,10 +315,25 @@ async def test_systemd_notify_metrics_and_status(ops: Ops) -> None:
         assert binds_up == {"alpha": 1.0, "beta": 1.0}
         depth = {s.labels["priority"] for s in families["smsgw_queue_depth"].samples}
         assert depth == {"otp", "transactional", "marketing"}
-        assert "smsgw_submit_latency_seconds" in families
         final = families["smsgw_messages_final"]
         assert {s.labels["priority"] for s in final.samples} >= {"otp", "transactional",
                                                                   "marketing"}
+        by_prio = {(x.labels["status"], x.labels["priority"]): x.value for x in final.samples
+                   if x.name == "smsgw_messages_final_total"}
+        assert by_prio[("delivered", "transactional")] == 1, by_prio
+        assert by_prio[("delivered", "otp")] == 0 and ("delivered", "unknown") not in by_prio
+        # The latency histograms, OTP a series of its own: the message was observed once in
+        # each (accepted → submitted, submitted → delivered) under its priority.
+        for family in ("smsgw_submit_latency_seconds", "smsgw_delivery_latency_seconds"):
+            counts = {x.labels["priority"]: x.value for x in families[family].samples
+                      if x.name == family + "_count"}
+            assert counts == {"otp": 0, "transactional": 1, "marketing": 0}, (family, counts)
+        receipts = {x.labels["state"]: x.value
+                    for x in families["smsgw_receipts_by_state"].samples}
+        assert receipts == {"DELIVRD": 1}, receipts
+        responses = {x.labels["command_status"]: x.value
+                     for x in families["smsgw_submit_responses"].samples}
+        assert responses.get("ESME_ROK") == 1, responses
         assert not re.search(rb"secret", body)  # no password in /metrics or /status
 
         # SIGTERM: STOPPING=1, then exit 0.
