@@ -144,6 +144,7 @@ class Gateway:
         for c in cfg.carriers:
             self._add_carrier(c)
         self._spawn(dispatcher.run(), "dispatch")
+        self._spawn(inbound.run_sweeper(), "mo-sweeper")
 
         self.admission = Admission(
             store=store, publish=self._publish_event, routes=route_table(cfg),

@@ -58,6 +58,12 @@ def to_e164(addr: str, ton: int) -> str:
     return addr
 
 
+def _joined(key: tuple[str, str, str, int], p: _Pending) -> tuple[str, str, str, str]:
+    """A reassembled (or given-up) MO: its parts in order, decoded."""
+    data = b"".join(p.parts[i] for i in sorted(p.parts))
+    return key[0], key[1], key[2], decode_text(data, p.data_coding, errors="replace")
+
+
 def is_opt_out(text: str, keywords: Iterable[str]) -> bool:
     t = text.strip().casefold()
     return any(t == k.strip().casefold() for k in keywords)
@@ -118,9 +124,8 @@ class InboundHandler:
                          generation: int) -> None:
         status = 0
         try:
-            complete = self._collect(carrier, pdu)
-            for sender, dest, text in complete:
-                await self._emit(carrier, sender, dest, text)
+            for origin, sender, dest, text in self._collect(carrier, pdu):
+                await self._emit(origin, sender, dest, text)
         except Exception as exc:  # never let one MO break the bind: answer it and go on
             # Not handed over (e.g. the opt-out could not be committed): a temporary error
             # asks the carrier to deliver it again instead of losing it (an opt-out above all).
@@ -131,7 +136,9 @@ class InboundHandler:
             with contextlib.suppress(Exception):
                 link.respond(seq, status, generation=generation)
 
-    def _collect(self, carrier: str, pdu: Pdu) -> list[tuple[str, str, str]]:
+    def _collect(self, carrier: str, pdu: Pdu) -> list[tuple[str, str, str, str]]:
+        """Complete MOs to publish as (carrier, sender, destination, text): this one when it is
+        whole, and any concatenated MO whose parts stopped coming."""
         f, tlvs = pdu.fields, pdu.tlvs
         sender = to_e164(str(f.get("source_addr", "")), int(f.get("source_addr_ton", 0) or 0))
         dest = str(f.get("destination_addr", ""))
@@ -153,24 +160,24 @@ class InboundHandler:
             seqno = int(tlvs.get("sar_segment_seqnum", 1))  # type: ignore[arg-type]
         out = self._expired()
         if ref is None or total is None or seqno is None or total <= 1:
-            out.append((sender, dest, decode_text(data, dc, errors="replace")))
+            out.append((carrier, sender, dest, decode_text(data, dc, errors="replace")))
             return out
         self.counters["mo_parts"] += 1
         key = (carrier, sender, dest, ref)
         pending = self._pending.get(key)
         if pending is None:
             pending = self._pending[key] = _Pending(total, dc, self._clock())
-            while len(self._pending) > self._max_pending:
-                _, old = self._pending.popitem(last=False)
+            while len(self._pending) > self._max_pending:  # bounded: the oldest goes as it is
+                old_key, old = self._pending.popitem(last=False)
                 self.counters["mo_incomplete"] += 1
+                out.append(_joined(old_key, old))
         pending.parts[seqno] = data
         if len(pending.parts) >= pending.total:
             del self._pending[key]
-            joined = b"".join(pending.parts[i] for i in sorted(pending.parts))
-            out.append((sender, dest, decode_text(joined, pending.data_coding, errors="replace")))
+            out.append(_joined(key, pending))
         return out
 
-    def _expired(self) -> list[tuple[str, str, str]]:
+    def _expired(self) -> list[tuple[str, str, str, str]]:
         """Concatenated MOs whose parts stopped coming: published with what arrived."""
         out = []
         limit = self._clock() - self._timeout
@@ -180,9 +187,25 @@ class InboundHandler:
                 break
             del self._pending[key]
             self.counters["mo_incomplete"] += 1
-            joined = b"".join(p.parts[i] for i in sorted(p.parts))
-            out.append((key[1], key[2], decode_text(joined, p.data_coding, errors="replace")))
+            out.append(_joined(key, p))
         return out
+
+    async def sweep(self) -> int:
+        """Publish concatenated MOs whose parts stopped coming (also done whenever an MO
+        arrives; this covers a carrier that sends nothing more). Returns how many."""
+        expired = self._expired()
+        for origin, sender, dest, text in expired:
+            try:
+                await self._emit(origin, sender, dest, text)
+            except Exception as exc:  # the parts were answered already: log, do not stop
+                self.counters["mo_failed"] += 1
+                log.error("mo_failed", carrier=origin, error=str(exc))
+        return len(expired)
+
+    async def run_sweeper(self, interval_s: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.sweep()
 
     async def _emit(self, carrier: str, sender: str, dest: str, text: str) -> None:
         self.counters["mo"] += 1
