@@ -34,6 +34,7 @@ from gateway.queue.events import EventPublisher
 from gateway.queue.housekeeping import housekeeping_loop
 from gateway.queue.inbound import InboundHandler
 from gateway.queue.ingress import Ingress
+from gateway.queue.lanes import integer_weights
 from gateway.queue.mqtt import MqttSettings
 from gateway.queue.store import Final, Store, Submitted
 from gateway.routing.table import RouteTable
@@ -57,9 +58,9 @@ def route_table(cfg: Config) -> RouteTable:
 
 def dispatch_settings(cfg: Config) -> DispatchSettings:
     d = cfg.dispatch
-    return DispatchSettings(otp_reserve=d.otp_reserve,
-                            transactional_weight=int(d.weights.transactional),
-                            marketing_weight=int(d.weights.marketing))
+    transactional, marketing = integer_weights(d.weights.transactional, d.weights.marketing)
+    return DispatchSettings(otp_reserve=d.otp_reserve, transactional_weight=transactional,
+                            marketing_weight=marketing, fetch_batch=d.batch_size)
 
 
 def mqtt_settings(cfg: Config) -> MqttSettings:
@@ -69,6 +70,7 @@ def mqtt_settings(cfg: Config) -> MqttSettings:
         host=m.host, port=m.port, topic_prefix=m.topic_prefix, client_id=m.client_id,
         username=m.username, password=m.password.get() if m.password is not None else None,
         tls_context=ssl_context(m.tls) if m.tls is not None else None,
+        tls_server_hostname=m.tls.server_hostname if m.tls is not None else None,
         keepalive_s=max(1, int(m.keepalive)), session_expiry_s=int(m.session_expiry_s),
     )
 
@@ -298,6 +300,7 @@ class Gateway:
         d.set_routes(routes)
         self.admission.routes = routes
         self.admission.rules = d.rules = new.policies
+        d.apply_settings(dispatch_settings(new))
         if d.inbound is not None:
             d.inbound.opt_out_keywords = tuple(new.policies.opt_out_keywords)
         # A removed or re-bound carrier: its sender stops, what it held goes back to the store

@@ -199,23 +199,33 @@ class Metrics:
             self.delivery_latency.labels(p)
         self._status = _StatusCollector()
         self.registry.register(self._status)  # type: ignore[arg-type]
+        # Children by label values: prometheus_client's labels() takes a lock and builds a key
+        # on every call (~2-3 µs), and several are counted per message.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:  # noqa: ANN401
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def on_status(self, status: Status | str) -> None:
         """An event was published: count it."""
-        self.messages.labels(str(status)).inc()
+        self._child(self.messages, str(status)).inc()
 
     def on_final(self, status: Status | str, priority: Priority | str | None) -> None:
         """A message reached a final status (counted once per message)."""
         if str(status) in _FINAL:
-            self.final.labels(str(status), _priority_label(priority)).inc()
+            self._child(self.final, str(status), _priority_label(priority)).inc()
 
     def observe_submitted(self, priority: Priority | str | None, seconds: float) -> None:
         """accepted → submitted, in seconds (negative values, from a clock step, count as 0)."""
-        self.submit_latency.labels(_priority_label(priority)).observe(max(0.0, seconds))
+        self._child(self.submit_latency, _priority_label(priority)).observe(max(0.0, seconds))
 
     def observe_delivered(self, priority: Priority | str | None, seconds: float) -> None:
         """submitted → delivered, in seconds."""
-        self.delivery_latency.labels(_priority_label(priority)).observe(max(0.0, seconds))
+        self._child(self.delivery_latency, _priority_label(priority)).observe(max(0.0, seconds))
 
     def render(self, doc: dict[str, Any]) -> bytes:
         self._status.doc = doc

@@ -137,10 +137,19 @@ class CarrierLane:
     retries: int
     lanes: Lanes[Job]
     reserve: int = 0  # window slots of each session kept for OTP
+    window: int = 0  # configured window of each session
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     submitted_parts: int = 0
     retired: bool = False  # removed or replaced by a reload: its pool drains, nothing new goes
+
+
+def may_have_reached(job: Job) -> bool:
+    """Whether some part of this job may already be at the carrier, so that sending it again
+    must say `resent: true`: parts accepted, parts unanswered, or a part of this attempt that
+    failed without an answer (timeout, connection lost: `job.failure`'s last item)."""
+    return (job.resent or bool(job.done) or job.pending > 0
+            or (job.failure is not None and job.failure[3]))
 
 
 def reserved_slots(window: int, share: float) -> int:
@@ -219,7 +228,7 @@ class Dispatcher:
             throttle=CarrierThrottle(tps, now, otp_share=self.settings.otp_reserve),
             opts=opts, policy=parse_overrides(dict(status_overrides or {})), retries=retries,
             lanes=Lanes(self.settings.transactional_weight, self.settings.marketing_weight),
-            reserve=reserved_slots(window, self.settings.otp_reserve),
+            reserve=reserved_slots(window, self.settings.otp_reserve), window=window,
         )
         self.carriers[name] = lane
         pool.on_capacity = lane.wake.set
@@ -249,11 +258,23 @@ class Dispatcher:
         if lane is None:
             return
         lane.reserve = reserved_slots(window, self.settings.otp_reserve)
+        lane.window = window
         lane.throttle.set_limit(tps, asyncio.get_running_loop().time())
         lane.opts = opts
         lane.policy = parse_overrides(dict(status_overrides or {}))
         lane.retries = retries
         lane.wake.set()
+
+    def apply_settings(self, settings: DispatchSettings) -> None:
+        """A reload changed `dispatch:`: the OTP share of windows and rates and the weights
+        apply to every carrier at once; batch sizes from the next fetch."""
+        self.settings = settings
+        now = asyncio.get_running_loop().time()
+        for lane in self.carriers.values():
+            lane.lanes.set_weights(settings.transactional_weight, settings.marketing_weight)
+            lane.throttle.set_limit(lane.throttle.limit, now, otp_share=settings.otp_reserve)
+            lane.reserve = reserved_slots(lane.window, settings.otp_reserve)
+            lane.wake.set()
 
     def lane_handler(self, lane: CarrierLane) -> Callable[[Link, smpp.Event], None]:
         """The event callback for the pool of `lane` (bound to the lane, not to its name)."""
@@ -362,7 +383,7 @@ class Dispatcher:
             for job in lane.lanes.drain():
                 self._release(job)
                 self._requeues.append(Requeue(job.msg.id, due_at=now, at=now,
-                                              resent=job.resent or bool(job.done) or job.pending > 0))
+                                              resent=may_have_reached(job)))
         self._closing = True
         self._flush_wake.set()
         for t in self._tasks:
@@ -703,11 +724,20 @@ class Dispatcher:
                                          detail=detail, command_status=status, carrier=lane.name))
         elif kind is Kind.REROUTE:
             self._release(job)
-            self.counters["rerouted"] += 1
-            self._tried.setdefault(m.id, set()).add(lane.name)
-            self._requeues.append(Requeue(m.id, due_at=now, at=now, resent=job.resent,
-                                          carrier=lane.name, reset_parts=True))
-            self._feed_wake.set()
+            tried = self._tried.setdefault(m.id, set())
+            tried.add(lane.name)
+            if all(c in tried for c in route_for(m.to, self.routes)):
+                # No untried carrier left: fail now, with this carrier's answer (the contract's
+                # command_status), not later in the feeder as `retries_exhausted` without it.
+                self._tried.pop(m.id, None)
+                self._finals.append(Finalize(m.id, Status.FAILED, now,
+                                             reason=FailReason.CARRIER_REJECTED, detail=detail,
+                                             command_status=status, carrier=lane.name))
+            else:
+                self.counters["rerouted"] += 1
+                self._requeues.append(Requeue(m.id, due_at=now, at=now, resent=job.resent,
+                                              carrier=lane.name, reset_parts=True))
+                self._feed_wake.set()
         else:
             throttled = status is not None and lane.policy.signal(status) in (Signal.THROTTLE,
                                                                               Signal.PAUSE)
@@ -748,7 +778,7 @@ class Dispatcher:
                 continue
             self._release(job)
             self._requeues.append(Requeue(job.msg.id, due_at=now, at=now,
-                                          resent=job.resent or bool(job.done), carrier=lane.name))
+                                          resent=may_have_reached(job), carrier=lane.name))
         self._schedule_flush()
 
     # -- flushing ---------------------------------------------------------------------------

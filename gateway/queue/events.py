@@ -5,8 +5,8 @@
 
 All at QoS 1, through ONE ordered queue drained by ONE sender, so events of a message leave in the
 order they were handed over (accepted before submitted before delivered). The sender keeps a window
-of publishes in flight (not one round trip per event) and paho writes them in order on one TCP
-connection.
+of publishes in flight (not one round trip per event; at most the broker's Receive Maximum) and
+the client (`mqtt5.py`) writes them in order on one TCP connection, one write per loop iteration.
 
 The queue is bounded: callers await room (back-pressure reaches the ingress, which then stops
 acknowledging, and the dispatcher). While the broker is away, events wait in the queue; publishes
@@ -25,17 +25,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
-import aiomqtt
 import orjson
 
 from gateway.model import Rejection, RejectReason, Status
-from gateway.queue.mqtt import Backoff, MqttSettings, new_client, on_puback, publish_nowait
+from gateway.queue.mqtt import Backoff, Client, MqttError, MqttSettings, check_topic, connect
 from gateway.queue.submission import ID_RE
 from gateway.smpp.pdu import status_name
 
@@ -47,6 +47,21 @@ _RESERVED: Final = frozenset({"id", "status"})
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+_now_cache: list[Any] = [-1, "", -1, ""]  # ms, its text; second, its text
+
+
+def iso_utc_now() -> str:
+    """`iso_utc(utc_now())`, cached per millisecond (several events a message share it)."""
+    ms = int(time.time() * 1000)
+    cache = _now_cache
+    if ms != cache[0]:
+        sec, msec = divmod(ms, 1000)
+        if sec != cache[2]:
+            cache[2], cache[3] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        cache[0], cache[1] = ms, f"{cache[3]}.{msec:03d}Z"
+    return cache[1]  # type: ignore[no-any-return]
 
 
 def iso_utc(at: datetime) -> str:
@@ -227,45 +242,37 @@ class EventPublisher:
         while True:
             conn = _Connection()
             try:
-                client = new_client(
-                    self.settings,
-                    client_id=self.client_id,
-                    persistent=False,
-                    # Unlimited in paho: our own window bounds what is in flight, and with a
-                    # paho limit every PUBACK costs a scan of all its in-flight messages.
-                    max_inflight_out=0,
-                )
-                on_puback(client, partial(self._confirmed, conn))
-                async with client:
-                    self._conn = conn
-                    self.stats.connects += 1
-                    self.connected.set()
-                    backoff.reset()
-                    log.info("events: connected to %s:%d", self.settings.host, self.settings.port)
-                    sender = asyncio.create_task(self._send(client, conn))
-                    try:
-                        # We subscribe to nothing: the iterator only ends by raising MqttError
-                        # when the connection is lost, which is what we wait for here.
-                        async for _ in client.messages:
-                            pass
-                    finally:
-                        sender.cancel()
-                        self.connected.clear()
-                        self._requeue(conn)
-            except aiomqtt.MqttError as exc:
+                client = await connect(self.settings, client_id=self.client_id, persistent=False,
+                                       on_puback=partial(self._confirmed, conn))
+                self._conn = conn
+                self.stats.connects += 1
+                self.connected.set()
+                backoff.reset()
+                log.info("events: connected to %s:%d", self.settings.host, self.settings.port)
+                sender = asyncio.create_task(self._send(client, conn))
+                try:
+                    # Raises MqttError when the connection is lost.
+                    await asyncio.shield(client.closed)
+                finally:
+                    sender.cancel()
+                    self.connected.clear()
+                    self._requeue(conn)
+                    await client.disconnect()
+            except MqttError as exc:
                 delay = backoff.next()
                 log.warning("events: MQTT connection lost or refused (%s); retry in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _send(self, client: aiomqtt.Client, conn: _Connection) -> None:
-        """Hand queued publishes to paho in order while the window has room."""
+    async def _send(self, client: Client, conn: _Connection) -> None:
+        """Hand queued publishes to the client in order while the window has room."""
         while True:
             self._wakeup.clear()
-            while self._queue and len(conn.in_flight) < self.window:
+            window = min(self.window, client.send_quota)
+            while self._queue and len(conn.in_flight) < window:
                 item = self._queue[0]
                 try:
-                    mid = publish_nowait(client, item.topic, item.payload)
-                except ValueError as exc:  # paho refuses the topic or size: never sendable
+                    mid = client.publish(check_topic(item.topic), item.payload)
+                except ValueError as exc:  # an invalid topic or size: never sendable
                     self._queue.popleft()
                     self.stats.refused += 1
                     log.error("events: dropped unpublishable message on %s: %s", item.topic, exc)
@@ -279,7 +286,7 @@ class EventPublisher:
             await self._wakeup.wait()
 
     def _confirmed(self, conn: _Connection, mid: int, reason_code: int) -> None:
-        """paho's PUBACK callback (runs in the event loop, from aiomqtt's socket reader)."""
+        """The client's PUBACK callback (runs in the event loop, from the socket reader)."""
         item = conn.in_flight.pop(mid, None)
         if item is None:
             return  # not ours (or a connection we already gave up on)
@@ -323,7 +330,7 @@ class EventPublisher:
 
     def _at(self, at: object) -> str:
         if at is None:
-            return iso_utc(self.clock())
+            return iso_utc_now() if self.clock is utc_now else iso_utc(self.clock())
         if isinstance(at, datetime):
             return iso_utc(at)
         return str(at)

@@ -1,9 +1,10 @@
 """MQTT ingress: `{prefix}/submit` → parse → admit (policies + store) → PUBACK → events.
 
 The durability rule (CONTRACT.md): the PUBACK of a submission goes out only after its row is
-committed. paho's automatic PUBACK is turned off (`mqtt.enable_manual_ack`, aiomqtt#345), so a
-message the gateway received but did not commit is still unacknowledged in the broker's persistent
-session and comes back on the next connection with the same client id, whatever killed us.
+committed. Our MQTT client (`mqtt5.py`) never acknowledges by itself: `client.ack` is called by
+the acker below, so a message the gateway received but did not commit is still unacknowledged in
+the broker's persistent session and comes back on the next connection with the same client id,
+whatever killed us.
 
 Flow, with every stage bounded (memory does not grow with the backlog):
 
@@ -32,13 +33,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import aiomqtt
-from paho.mqtt.reasoncodes import ReasonCode
-
 from gateway.model import Rejection, Submission
 from gateway.queue import mqtt
 from gateway.queue.events import Event, EventPublisher
-from gateway.queue.mqtt import Backoff, MqttSettings
+from gateway.queue.mqtt import Backoff, Client, Message, MqttError, MqttSettings
 from gateway.queue.submission import Rejected, Unparseable, parse_submission
 
 log = logging.getLogger(__name__)
@@ -106,7 +104,7 @@ class IngressStats:
 
 @dataclass(slots=True)
 class _Connection:
-    client: aiomqtt.Client
+    client: Client
     inbox: mqtt.Inbox
     alive: bool = True
 
@@ -114,7 +112,7 @@ class _Connection:
 @dataclass(slots=True)
 class _Batch:
     conn: _Connection
-    messages: list[aiomqtt.Message]  # every message, in arrival order: the PUBACK order
+    messages: list[Message]  # every message, in arrival order: the PUBACK order
     items: list[IncomingSubmission]  # those with a valid id, for admit
     confirmations: list[asyncio.Future[None]] = field(default_factory=list)
     task: asyncio.Task[Sequence[AdmitOutcome]] | None = None
@@ -192,17 +190,18 @@ class Ingress:
         try:
             while not self._stopping:
                 conn: _Connection | None = None
+                client: Client | None = None
                 try:
                     inbox = mqtt.Inbox(self.max_buffered, self.max_buffered_bytes)
-                    client = mqtt.new_client(
+                    client = await mqtt.connect(
                         self.settings,
                         client_id=self.settings.client_id,
                         persistent=True,
                         receive_maximum=self.receive_maximum,
-                        inbox=inbox,
+                        on_message=inbox.put,
                     )
-                    mqtt.enable_manual_ack(client)
-                    async with client:
+                    inbox.attach(client)
+                    try:
                         conn = self._conn = _Connection(client, inbox)
                         self._pauses_before = self.stats.read_pauses
                         self.stats.connects += 1
@@ -214,7 +213,9 @@ class Ingress:
                             # Graceful stop: let the batches in flight be acked on this connection.
                             await self._drain(self._drain_timeout_s)
                         conn.alive = False
-                except aiomqtt.MqttError as exc:
+                    finally:
+                        await client.disconnect()
+                except MqttError as exc:
                     if conn is not None:
                         conn.alive = False
                     if self._stopping:
@@ -245,12 +246,11 @@ class Ingress:
         if self._running:
             await self._finished.wait()
 
-    async def _subscribe(self, client: aiomqtt.Client) -> None:
-        codes = await client.subscribe(self.topic, qos=1)
-        granted = [int(c.value) if isinstance(c, ReasonCode) else int(c) for c in codes]
-        if not granted or any(c >= 0x80 or c < 1 for c in granted):
+    async def _subscribe(self, client: Client) -> None:
+        code = await client.subscribe(self.topic, qos=1, timeout=self.settings.timeout_s)
+        if code >= 0x80 or code < 1:
             # e.g. 0x87 not authorised; QoS 0 granted would defeat durability. Retried with backoff.
-            raise aiomqtt.MqttError(f"subscription to {self.topic} refused (codes {granted})")
+            raise MqttError(f"subscription to {self.topic} refused (code 0x{code:02X})")
         self.subscribed.set()
         log.info("ingress: subscribed %s as %s", self.topic, self.settings.client_id)
 
@@ -286,15 +286,14 @@ class Ingress:
     async def _read(self, conn: _Connection) -> None:
         """Form batches while slots are free. Raises MqttError when the connection is lost."""
         inbox = conn.inbox
-        messages = conn.client.messages
         while True:
             await self._slots.acquire()
             handed_over = False
             try:
                 batch_msgs = inbox.take(self.batch_max)
                 if not batch_msgs:
-                    batch_msgs = [await anext(messages)]  # waits; MqttError on loss
-                    batch_msgs += inbox.take(self.batch_max - 1)
+                    await inbox.wait()  # MqttError on loss
+                    batch_msgs = inbox.take(self.batch_max)
                 if self.batch_linger_s > 0 and len(batch_msgs) < self.batch_max:
                     await asyncio.sleep(self.batch_linger_s)
                     batch_msgs += inbox.take(self.batch_max - len(batch_msgs))
@@ -311,13 +310,12 @@ class Ingress:
                 if not handed_over:
                     self._slots.release()
 
-    async def _make_batch(self, conn: _Connection, msgs: list[aiomqtt.Message]) -> _Batch:
+    async def _make_batch(self, conn: _Connection, msgs: list[Message]) -> _Batch:
         now = self.clock()
         batch = _Batch(conn, msgs, [])
         for msg in msgs:
             self.stats.received += 1
-            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload or b"")
-            parsed = parse_submission(payload, now=now)
+            parsed = parse_submission(msg.payload, now=now)
             if isinstance(parsed, Unparseable):
                 self.stats.unparseable += 1
                 done = await self.publisher.publish_rejected(parsed.reason, parsed.detail, parsed.raw)
@@ -372,8 +370,9 @@ class Ingress:
             # session, and packet ids may have been reused since, so they must not be acked here.
             self.stats.unacked_on_loss += len(batch.messages)
             return
+        client = conn.client
         for msg in batch.messages:
-            if mqtt.ack(conn.client, msg):
+            if not msg.qos or client.ack(msg.packet_id):
                 self.stats.acked += 1
             else:
                 self.stats.unacked_on_loss += 1

@@ -26,6 +26,16 @@ class _HasPriority(Protocol):
 J = TypeVar("J", bound=_HasPriority)
 
 
+def integer_weights(transactional: float, marketing: float, max_scale: int = 100) -> tuple[int, int]:
+    """The config's weights (`"1.5:1"` allowed) as the smallest whole numbers with that ratio
+    (3, 2), found by scaling up to `max_scale`; past that, rounded at `max_scale`."""
+    for scale in range(1, max_scale + 1):
+        t, m = transactional * scale, marketing * scale
+        if abs(t - round(t)) < 1e-9 and abs(m - round(m)) < 1e-9:
+            return max(1, round(t)), max(1, round(m))
+    return max(1, round(transactional * max_scale)), max(1, round(marketing * max_scale))
+
+
 class Lanes(Generic[J]):
     """Three FIFO lanes with OTP strictly first and weighted sharing for the other two."""
 

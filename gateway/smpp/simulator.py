@@ -38,6 +38,7 @@ from gateway.smpp.session import (
     Closed,
     DataSmReceived,
     Event,
+    LocalProtocolError,
     RequestFailed,
     RequestReceived,
     RequestTimedOut,
@@ -151,6 +152,7 @@ class _Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sim._connections.add(self)
         self.sim.connections_total += 1
+        self.sim.connect_times.append(self.sim._loop_time())
 
     def data_received(self, data: bytes) -> None:
         sim = self.sim
@@ -226,6 +228,7 @@ class SmscSimulator:
         max_binds: int | None = None,
         receipt_before_response: bool = False,
         always_receipt: bool = False,
+        response_delay: float = 0.0,
         window: int = 100,
         enquire_link_s: float = 30.0,
         response_timeout_s: float = 10.0,
@@ -240,7 +243,9 @@ class SmscSimulator:
         once per system_id (refused with ESME_RBINDFAIL above it). ``receipt_id_format``: hex or
         decimal rendering of the receipt's id when it should differ from the submit_sm_resp's
         (a carrier quirk the gateway must survive). ``always_receipt``: send receipts even when
-        registered_delivery does not ask. ``window``: outstanding deliver_sm per connection.
+        registered_delivery does not ask. ``response_delay``: answer each submit_sm this many
+        seconds after accepting it (a carrier's latency: windows are really in flight, and a
+        connection lost meanwhile loses responses to messages the SMSC has). ``window``: outstanding deliver_sm per connection.
         ``redeliver_delay``: a deliver_sm that timed out or whose connection died is queued again
         after this long, as real SMSCs retry receipts.
         """
@@ -265,6 +270,7 @@ class SmscSimulator:
         self.max_binds = max_binds
         self.receipt_before_response = receipt_before_response
         self.always_receipt = always_receipt
+        self.response_delay = response_delay
         self.redeliver_delay = redeliver_delay
         self.quiet = quiet
         self.message_id_format = message_id_format
@@ -297,6 +303,12 @@ class SmscSimulator:
         self.mo_sent = 0
         self.deliver_failures = 0  # deliver_sm nacked, timed out or lost with the connection
         self.connections_total = 0
+        #: loop.time() of every TCP connect and of every bind request (fault tests count the
+        #: peer's reconnects and their spacing with these).
+        self.connect_times: list[float] = []
+        self.bind_times: list[float] = []
+        #: submit_sm left unanswered by ``stop_answering(submits_only=True)`` (when logging).
+        self.held_log: deque[LoggedSubmit] = deque(maxlen=submit_log_size or None)
         #: Status every bind is refused with (a test hook); None: normal checks.
         self.bind_refusal_status: int | None = None
 
@@ -429,6 +441,29 @@ class SmscSimulator:
             self._mark_dirty(conn)
         return len(conns)
 
+    def send_receipt(self, message_id: str, *, delivered: bool = True,
+                     system_id: str | None = None, source_addr: str = "8613800000000") -> int:
+        """Queue a delivery receipt (DELIVRD, else UNDELIV) for ``message_id``, whether or not it
+        was ever given out: receipts for unknown ids are a fault the peer must survive. Goes to
+        every account (or ``system_id``) with a receiver bind; returns how many."""
+        stat, message_state, err, dlvrd = _DELIVRD if delivered else _UNDELIV
+        date = self._receipt_date()
+        rid = message_id.encode("ascii")
+        now = self._loop_time()
+        targets = ([self._account(system_id)] if system_id is not None else
+                   [a for a in self._accounts.values() if a.receivers])
+        for account in targets:
+            pdu = Pdu(_DELIVER_SM, 0, 0, {
+                "source_addr_ton": 1, "source_addr_npi": 1, "source_addr": source_addr,
+                "dest_addr_ton": 0, "dest_addr_npi": 1, "destination_addr": self.mo_destination,
+                "esm_class": 0x04,
+                "short_message": _RECEIPT_TEXT % (rid, dlvrd, date, date, stat, err, b"")},
+                {"receipted_message_id": message_id, "message_state": message_state})
+            account.queue.append(_Queued(now, encode(pdu)[16:], True))
+            self._pump(account, now)
+        self._flush_soon()
+        return len(targets)
+
     def send_mo(self, text: str | None = None, *, source_addr: str | None = None,
                 destination_addr: str | None = None, system_id: str | None = None,
                 short_message: bytes | None = None, data_coding: int | None = None) -> int:
@@ -516,6 +551,7 @@ class SmscSimulator:
         password = str(fields.get("password", ""))
         account = self._account(system_id)
         self.bind_attempts += 1
+        self.bind_times.append(now)
         account.counters.bind_attempts += 1
         status = self.bind_refusal_status
         if status is None:
@@ -550,6 +586,8 @@ class SmscSimulator:
         assert account is not None  # a submit_sm is only legal once bound
         account.counters.submits += 1
         if self._hold_submits:
+            if self._log_submits:
+                self.held_log.append(LoggedSubmit(conn.system_id, ev.seq, ev.pdu, -1, "", now))
             return
         session = conn.session
         seq = ev.seq
@@ -565,6 +603,9 @@ class SmscSimulator:
             return
         n = next(self._ids)
         message_id = self._fmt_resp_id(n)
+        if self.response_delay > 0:
+            self._respond_later(conn, account, ev, n, message_id, now)
+            return
         fields = ev.pdu.fields
         if self.always_receipt or fields.get("registered_delivery", 0) & 0x03:
             receipt = self._receipt(n, message_id, fields, now)
@@ -580,6 +621,33 @@ class SmscSimulator:
         session.respond(seq, 0, message_id=message_id)
         if self._log_submits:
             self._log(conn, ev, 0, message_id, now)
+
+    def _respond_later(self, conn: _Connection, account: _Account, ev: SubmitSmReceived, n: int,
+                       message_id: str, now: float) -> None:
+        """``response_delay``: the message is accepted now (logged with status 0) and answered
+        later; its receipt is queued with the answer, even when the connection died meanwhile
+        (the SMSC has the message)."""
+        fields = ev.pdu.fields
+        receipt = (self._receipt(n, message_id, fields, now)
+                   if self.always_receipt or fields.get("registered_delivery", 0) & 0x03 else None)
+        self._log(conn, ev, 0, message_id, now)
+
+        def answer() -> None:
+            t = self._loop_time()
+            if receipt is not None:
+                receipt.due = max(receipt.due, t)
+                account.queue.append(receipt)
+            if conn in self._connections and conn.session.is_bound:
+                try:
+                    conn.session.respond(ev.seq, 0, message_id=message_id)
+                except LocalProtocolError:
+                    pass
+                self._mark_dirty(conn)
+            self._pump(account, t)
+            self._flush_soon()
+
+        assert self._loop is not None
+        self._loop.call_later(self.response_delay, answer)
 
     def _log(self, conn: _Connection, ev: SubmitSmReceived, status: int, message_id: str,
              now: float) -> None:

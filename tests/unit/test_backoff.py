@@ -102,13 +102,14 @@ def test_invalid_parameters(initial: float, maximum: float, jitter: float) -> No
 
 
 def test_limiter_spaces_attempts() -> None:
-    lim = BindLimiter(2.0)
+    lim = BindLimiter(2.0)  # 0.5 s apart, plus the 5 % margin: 0.525 s
     assert lim.acquire(0.0) == 0.0
-    assert lim.acquire(0.1) == pytest.approx(0.4)  # not yet: ask again in 0.4 s
-    assert lim.acquire(0.5) == 0.0
-    assert lim.acquire(0.9) == pytest.approx(0.1)
+    assert lim.acquire(0.1) == pytest.approx(0.425)  # not yet: ask again in 0.425 s
+    assert lim.acquire(0.5) == pytest.approx(0.025)  # 1 / rate is not enough
+    assert lim.acquire(0.525) == 0.0
+    assert lim.acquire(0.925) == pytest.approx(0.125)
     assert lim.acquire(1.2) == 0.0  # a late start moves the next slot too
-    assert lim.acquire(1.6) == pytest.approx(0.1)
+    assert lim.acquire(1.6) == pytest.approx(0.125)
     assert lim.acquire(10.0) == 0.0  # idle time is not saved up as a burst
     assert lim.acquire(10.1) > 0
 

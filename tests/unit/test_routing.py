@@ -252,3 +252,12 @@ def test_classify_is_total(status: int) -> None:
     assert classify(status) in Kind
     assert signal_for(status) in Signal
     assert (classify(status) is Kind.OK) == (status == 0)
+
+
+def test_integer_weights_keep_the_configured_ratio() -> None:
+    from gateway.queue.lanes import integer_weights
+    assert integer_weights(4, 1) == (4, 1)
+    assert integer_weights(1.5, 1) == (3, 2)
+    assert integer_weights(0.25, 1) == (1, 4)
+    assert integer_weights(1 / 3, 1) == (1, 3)
+    assert integer_weights(0.123456, 1) == (12, 100)  # no small exact form: rounded at scale 100
