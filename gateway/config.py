@@ -823,6 +823,14 @@ def _int_choice(*choices: int) -> Callable[[object], object]:
     return check
 
 
+def _smpp_octets(text: str) -> int:
+    """Octets of a C-octet string field as the codec writes it (Latin-1, else UTF-8)."""
+    try:
+        return len(text.encode("latin-1"))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8"))
+
+
 class CarrierConfig(Frozen):
     """One entry of `carriers:`: an SMSC, its binds, limits and timers."""
 
@@ -863,6 +871,12 @@ class CarrierConfig(Frozen):
     @model_validator(mode="after")
     def _checks(self) -> "CarrierConfig":
         _resolve_password(self, required=True)
+        pw = self.password.get() if isinstance(self.password, Secret) else None
+        if pw is not None and _smpp_octets(pw) > 8:
+            # SMPP 3.4 bind password: a C-octet string of at most 9 octets with its NUL. The
+            # value is never echoed (it is a secret); the source says where it came from.
+            raise _fail(f"must be at most 8 characters (SMPP 3.4); the one given "
+                        f"({self.password.source}) is longer", "password")
         if self.reconnect_max_s < self.reconnect_s:
             raise _fail("must be at least reconnect_s", "reconnect_max_s")
         return self

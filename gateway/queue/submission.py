@@ -92,8 +92,21 @@ def parse_submission(payload: bytes, *, now: datetime | None = None) -> ParseRes
         )
 
 
+# The id of an oversized payload, read without parsing it: only when `id` is the object's first
+# key with a plain string value (what every JSON encoder writes for {"id": ..., ...} first), so
+# the match is certainly the top-level id. Anything else goes to `{prefix}/rejected`.
+_LEADING_ID: Final = re.compile(rb'\s*\{\s*"id"\s*:\s*"([A-Za-z0-9._:-]{1,64})"\s*[,}]')
+
+
 def _parse(payload: bytes, now: datetime | None) -> ParseResult:
     if len(payload) > MAX_PAYLOAD_BYTES:
+        leading = _LEADING_ID.match(payload, 0, 4096)
+        if leading is not None:  # the client waits on events/{id}: answer there
+            return Rejected(leading.group(1).decode("ascii"), Rejection(
+                RejectReason.TOO_LONG,
+                f"payload of {len(payload):,} bytes exceeds the limit of {MAX_PAYLOAD_BYTES:,} "
+                "bytes (not parsed)",
+                {"length": len(payload), "max_length": MAX_PAYLOAD_BYTES}))
         return Unparseable(
             RejectReason.INVALID_JSON,
             f"payload of {len(payload):,} bytes exceeds the limit of {MAX_PAYLOAD_BYTES:,} bytes",

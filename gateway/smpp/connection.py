@@ -53,7 +53,7 @@ from typing import Any, Final
 
 from gateway.config import CarrierConfig, TlsOptions
 from gateway.log import get_logger
-from gateway.smpp.pdu import CommandId, Pdu
+from gateway.smpp.pdu import CommandId, Pdu, SmppError
 from gateway.smpp.session import (
     BindFailed,
     BindType,
@@ -582,7 +582,16 @@ class Connection:
         session.window_size = self._window
         self._session = session
         self._last_up_s = None
-        session.bind(now)
+        try:
+            session.bind(now)
+        except SmppError as exc:
+            # E.g. a field the codec cannot encode: a config problem, not a carrier fault. Log
+            # it (never the field's value: it may be the password) and back off as after any
+            # failed bind, instead of leaving an exception in a transport callback.
+            log.error("bind impossible", carrier=self.name, bind=self.index,
+                      problem=type(exc).__name__)
+            transport.abort()
+            return
         self._flush()
 
     def _data_received(self, data: bytes) -> None:

@@ -426,6 +426,15 @@ async def test_sighup_reload(ops: Ops) -> None:
     assert (alpha.submits, beta.submits) == (1, 2)
     assert (alpha.binds, beta.binds) == binds_before
 
+    # 4. A change under `mqtt:` cannot apply live: the rest applies, a warning says so.
+    changed = ops.doc()
+    changed["mqtt"]["keepalive"] = 17
+    ops.write(json.dumps(changed))
+    ops.sighup()
+    await until(lambda: reloads() == 3, 5, "the third reload")
+    restart = [e for e in ops.log_events() if e.get("event") == "reload_needs_restart"]
+    assert len(restart) == 1 and restart[0]["sections"] == ["mqtt"], restart
+
     assert await ops.stop() == 0, ops.log()[-3000:]
     # Clean shutdown unbinds every session.
     assert alpha.active_binds == 0 and beta.active_binds == 0

@@ -27,7 +27,7 @@ from gateway.config import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SECRET = "s3cr3t-Pa55"
+SECRET = "s3cr3tP5"  # SMPP 3.4: a bind password has at most 8 characters
 
 
 def base() -> dict[str, Any]:
@@ -317,11 +317,11 @@ def test_password_env_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_password_file_relative_to_the_config_file(tmp_path: Path) -> None:
-    (tmp_path / "alpha.pw").write_text("from-file\n")
+    (tmp_path / "alpha.pw").write_text("fromfile\n")
     text = (REPO / "config" / "demo.yaml").read_text().replace("password: demo ", "password_file: alpha.pw ", 1)
     (tmp_path / "gw.yaml").write_text(text)
     config = load_config(tmp_path / "gw.yaml")
-    assert config.carriers[0].password.get() == "from-file"
+    assert config.carriers[0].password.get() == "fromfile"
     assert config.carriers[1].password.get() == "demo"
 
 
@@ -342,7 +342,7 @@ def test_mqtt_password_is_optional_and_secret(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMSGW_TEST_PW", SECRET + "-env")
+    monkeypatch.setenv("SMSGW_TEST_PW", SECRET[:4] + "-env")
     data = base()
     data["carriers"][1] = dict(data["carriers"][1], password_env="SMSGW_TEST_PW")
     del data["carriers"][1]["password"]
@@ -352,7 +352,7 @@ def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
         assert SECRET not in shown
     assert str(config.carriers[0].password) == "**********"
     assert "**********" in repr(config.carriers[0].password)
-    assert config.carriers[1].password.get() == SECRET + "-env"
+    assert config.carriers[1].password.get() == SECRET[:4] + "-env"
 
 
 def test_store_url_password_hidden_in_repr_and_dumps() -> None:
@@ -503,3 +503,22 @@ def test_exempt_numbers_normalised() -> None:
 
 def test_config_type_is_exported() -> None:
     assert isinstance(parse_config(base()), Config)
+
+
+@pytest.mark.parametrize("form", ["password", "password_file"])
+def test_carrier_password_longer_than_smpp_allows_is_refused_without_echo(
+        tmp_path: Path, form: str) -> None:
+    long_pw = "Nine-char"
+    data = base()
+    if form == "password_file":
+        (tmp_path / "pw").write_text(long_pw + "\n")
+        del data["carriers"][0]["password"]
+        data["carriers"][0]["password_file"] = str(tmp_path / "pw")
+    else:
+        data["carriers"][0]["password"] = long_pw
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    (problem,) = exc.value.problems
+    assert problem.startswith("carriers[0].password: must be at most 8 characters (SMPP 3.4)")
+    assert long_pw not in problem
+    assert ("file:" in problem) is (form == "password_file")

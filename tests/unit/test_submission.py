@@ -246,8 +246,18 @@ def test_id_too_long() -> None:
     assert isinstance(parse({**BASE, "id": "a" * 64}), Submission)
 
 
-def test_one_megabyte_payload_refused_without_parsing() -> None:
+def test_one_megabyte_payload_with_a_leading_id_is_rejected_on_its_id_unparsed() -> None:
     payload = orjson.dumps({**BASE, "text": "x" * (1 << 20)})
+    r = parse_submission(payload)
+    assert isinstance(r, Rejected) and r.id == "m-1", r
+    assert r.rejection.reason is RejectReason.TOO_LONG
+    assert f"{MAX_PAYLOAD_BYTES:,}" in r.rejection.detail
+    # An id that is not the first key cannot be told from a nested one without parsing.
+    assert isinstance(parse_submission(b' { "id" : "x.1" }' + b" " * MAX_PAYLOAD_BYTES), Rejected)
+
+
+def test_one_megabyte_payload_refused_without_parsing() -> None:
+    payload = orjson.dumps({"to": BASE["to"], "id": "m-1", "text": "x" * (1 << 20)})
     u = unparseable(payload)
     assert u.reason is RejectReason.INVALID_JSON
     assert f"{MAX_PAYLOAD_BYTES:,}" in u.detail
