@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -256,8 +257,29 @@ def sim_role(args: argparse.Namespace) -> None:
     from gateway.smpp.simulator import SmscSimulator
 
     otp_seen: dict[str, float] = {}
+    receipt_sent: dict[int, float] = {}  # id(queued deliver_sm) → when it went out
+    receipt_rtt: list[float] = []  # deliver_sm → deliver_sm_resp, seconds
 
     class TimingSimulator(SmscSimulator):
+        def _pump(self, account: Any, now: float) -> None:  # noqa: ANN401
+            queue = account.queue
+            head = list(itertools.islice(queue, 0, 1000))
+            before = len(queue)
+            super()._pump(account, now)
+            t = time.monotonic()
+            for item in head[:before - len(queue)]:
+                receipt_sent[id(item)] = t
+
+        def _handle(self, conn: Any, events: list[Any], now: float) -> None:  # noqa: ANN401
+            t = None
+            for ev in events:
+                if getattr(ev, "command_id", None) == 0x80000005:  # deliver_sm_resp
+                    sent = receipt_sent.pop(id(ev.context), None)
+                    if sent is not None:
+                        t = t or time.monotonic()
+                        receipt_rtt.append(t - sent)
+            super()._handle(conn, events, now)
+
         def _on_submit(self, conn: Any, ev: Any, now: float) -> None:  # noqa: ANN401
             sm = ev.pdu.fields.get("short_message", b"")
             if b"OTP" in sm:
@@ -282,7 +304,10 @@ def sim_role(args: argparse.Namespace) -> None:
             except TimeoutError:
                 pass
         await sim.stop()
+        rtt = sorted(receipt_rtt)
+        q = statistics.quantiles(rtt, n=100) if len(rtt) >= 2 else [0.0] * 99
         print(json.dumps({"otp_seen": otp_seen, "submits": sim.submits,
+                          "receipt_p50_ms": q[49] * 1e3, "receipt_p99_ms": q[98] * 1e3,
                           "receipts_acked": sim.receipts_acked}), flush=True)
 
     asyncio.run(serve())
@@ -364,7 +389,7 @@ def gateway_config(work: Path, mqtt_port: int, sim_port: int, http_port: int,
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "carriers": [{"name": "alpha", "host": "127.0.0.1", "port": sim_port,
                       "system_id": "bench", "password": "bench", "binds": args.binds,
-                      "window": args.window, "tps": 0, "response_timeout_s": 10}],
+                      "window": args.window, "tps": args.tps, "response_timeout_s": 10}],
         "routes": [{"prefix": "", "carriers": ["alpha"]}],
     }
     path = work / "gateway.yaml"
@@ -416,6 +441,10 @@ class RunResult:
     load: float
     others_us: dict[str, float] = field(default_factory=dict)
     threads_us: list[float] = field(default_factory=list)  # main thread first, then by CPU
+    # deliver_sm (receipt) → its deliver_sm_resp at the SMSC: the gateway answers only after
+    # the commit, so this is its commit latency for receipts (a bind's window / this = ceiling)
+    receipt_p50_ms: float = 0.0
+    receipt_p99_ms: float = 0.0
 
 
 def thread_us(pid: int, threads: dict[int, float], total: int) -> list[float]:
@@ -565,7 +594,9 @@ async def one_run(args: argparse.Namespace, backlog: int, template: Path | None,
             return RunResult(backlog, total, rate("accepted"), rate("submitted"),
                              rate("delivered"), q[49], q[98], len(lat), cpu / total * 1e6, rss,
                              load, {k: v / total * 1e6 for k, v in others.items()},
-                             thread_us(daemon.pid, threads, total))
+                             thread_us(daemon.pid, threads, total),
+                             receipt_p50_ms=sim_report.get("receipt_p50_ms", 0.0),
+                             receipt_p99_ms=sim_report.get("receipt_p99_ms", 0.0))
     finally:
         if profiler is not None:
             profiler.kill()
@@ -617,7 +648,7 @@ async def until(cond: Any, timeout: float, what: str, source: Any) -> None:  # n
 
 def median_row(rows: list[RunResult]) -> dict[str, float]:
     keys = ("accepted_s", "submitted_s", "delivered_s", "otp_p50_ms", "otp_p99_ms", "cpu_us",
-            "rss_mib", "load")
+            "rss_mib", "load", "receipt_p50_ms", "receipt_p99_ms")
     out = {k: statistics.median(getattr(r, k) for r in rows) for k in keys}
     for k in rows[0].others_us:
         out[k] = statistics.median(r.others_us[k] for r in rows)
@@ -626,13 +657,15 @@ def median_row(rows: list[RunResult]) -> dict[str, float]:
 
 def print_header() -> None:
     print(f"{'backlog':>9} {'accepted/s':>10} {'submitted/s':>11} {'delivered/s':>11} "
-          f"{'OTP p50':>8} {'OTP p99':>8} {'gw CPU/msg':>10} {'gw RSS':>8} {'load':>5}   "
+          f"{'OTP p50':>8} {'OTP p99':>8} {'rcpt p50/p99':>15} {'gw CPU/msg':>10} {'gw RSS':>8} "
+          f"{'load':>5}   "
           "CPU/msg of broker, sim, publisher", flush=True)
 
 
 def print_row(label: str, r: dict[str, float]) -> None:
     print(f"{label:>9} {r['accepted_s']:>10,.0f} {r['submitted_s']:>11,.0f} "
           f"{r['delivered_s']:>11,.0f} {r['otp_p50_ms']:>6.1f}ms {r['otp_p99_ms']:>6.1f}ms "
+          f"{r['receipt_p50_ms']:>6.1f}/{r['receipt_p99_ms']:>5.1f}ms "
           f"{r['cpu_us']:>8.0f}µs {r['rss_mib']:>5.0f}MiB {r['load']:>5.2f}   "
           f"{r.get('broker', 0):.0f} / {r.get('sim', 0):.0f} / {r.get('publisher', 0):.0f} µs",
           flush=True)
@@ -643,6 +676,7 @@ async def orchestrate(args: argparse.Namespace) -> None:
     pace = f"at {args.rate:,.0f}/s" if args.rate > 0 else "as fast as the broker takes them"
     print(f"end to end: {args.messages:,} marketing messages ({pace}) + 1 OTP every "
           f"{args.otp_interval * 1e3:.0f} ms per run; carrier binds={args.binds} "
+          f"tps={args.tps or 'uncapped'} "
           f"window={args.window}, receipts at once; SQLite WAL synchronous=FULL; "
           f"{args.repeat} run(s) per backlog, medians; {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f} at start", flush=True)
@@ -685,6 +719,10 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.0,
                     help="publish the flood at this many messages/s (default 0: as fast as the "
                          "broker takes them)")
+    ap.add_argument("--tps", type=float, default=0.0,
+                    help="cap the carrier at this many parts/s (default 0: no cap); below --rate, "
+                         "marketing queues in the store and drains behind the cap while the OTPs "
+                         "come (OTP latency 'while the flood drains')")
     ap.add_argument("--binds", type=int, default=1)
     ap.add_argument("--window", type=int, default=100)
     ap.add_argument("--sim-window", type=int, default=100)

@@ -35,6 +35,7 @@ from gateway.queue.housekeeping import housekeeping_loop
 from gateway.queue.inbound import InboundHandler
 from gateway.queue.ingress import Ingress
 from gateway.queue.lanes import integer_weights
+from gateway.queue.replay import CHECKPOINT, checkpoint_loop, confirmed_before, replay_owed_events
 from gateway.queue.mqtt import MqttSettings
 from gateway.queue.store import Final, Store, Submitted
 from gateway.routing.table import RouteTable
@@ -120,6 +121,8 @@ class Gateway:
         settings = mqtt_settings(cfg)
         self.publisher = publisher = EventPublisher(settings)
         self._spawn(publisher.run(), "events")
+        # Events a crash may have lost, first in the queue (before any new event of those ids).
+        await replay_owed_events(store, self._publish_event, cfg.policies.tz, self.clock())
 
         metrics = self.metrics
 
@@ -152,7 +155,7 @@ class Gateway:
             store=store, publish=self._publish_event, routes=route_table(cfg),
             text_options=lambda name: text_options(self.cfg.carrier(name)),
             max_age=lambda p: self.cfg.dispatch.max_age.for_priority(p),
-            rules=cfg.policies, on_accepted=dispatcher.notify,
+            rules=cfg.policies, on_accepted=dispatcher.notify, fast_lane=dispatcher,
             on_rejected=lambda reason, priority: metrics.on_final(Status.REJECTED, priority),
             clock=self.clock,
         )
@@ -167,6 +170,8 @@ class Gateway:
         await self.http.start()
         self._spawn(self._ready_when_subscribed(), "ready")
         self._spawn(housekeeping_loop(store, lambda: self.cfg.policies, self.clock), "housekeeping")
+        self._spawn(checkpoint_loop(store, self.clock, self._owed_event_sources()),
+                    "events-checkpoint")
 
     def _add_carrier(self, c: CarrierConfig) -> None:
         assert self.dispatcher is not None
@@ -194,6 +199,24 @@ class Gateway:
         if exc is not None:
             log.error("task_crashed", task=task.get_name(), error=repr(exc))
             self.stopping.set()
+
+    def _owed_event_sources(self) -> list[Callable[[], float | None]]:
+        sources: list[Callable[[], float | None]] = []
+        if self.publisher is not None:
+            sources.append(self.publisher.oldest_pending)
+        if self.dispatcher is not None:
+            sources.append(self.dispatcher.oldest_unpublished)
+        if self.admission is not None:
+            sources.append(self.admission.oldest_unpublished)
+        return sources
+
+    async def _checkpoint_events(self) -> None:
+        """At a clean stop: record how far events are confirmed (nothing to replay if all)."""
+        if self.store is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.store.set_checkpoint(CHECKPOINT, confirmed_before(
+                self.clock(), (s() for s in self._owed_event_sources()), settled=True))
 
     async def _ready_when_subscribed(self) -> None:
         assert self.ingress is not None
@@ -322,6 +345,13 @@ class Gateway:
                 self.pools[name].set_window(c.window)
             d.update_carrier(name, tps=c.tps, window=c.window, opts=text_options(c),
                              status_overrides=c.status_overrides, retries=c.submit_retries)
+        fixed = [name for name in ("mqtt", "store", "http", "log_level")
+                 if getattr(old, name, None) != getattr(new, name, None)]
+        if fixed:
+            # Connections and listeners made at start: changing them live would drop in-flight
+            # acknowledgements or the status page; the rest of the file applies now.
+            log.warning("reload_needs_restart", sections=fixed,
+                        detail="these sections apply at the next start (systemctl restart smsgw)")
         log.info("reloaded", added=list(plan.added), removed=list(plan.removed),
                  rebound=list(plan.rebind), updated=list(plan.updated))
         return True
@@ -345,6 +375,7 @@ class Gateway:
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 await self.publisher.flush(timeout=min(timeout, 5.0))
+        await self._checkpoint_events()
         for t in self._tasks:
             t.cancel()
         if self._tasks:

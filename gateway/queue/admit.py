@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from gateway.config import Policies
 
@@ -45,6 +45,14 @@ from gateway.smpp.message import TextOptions
 from gateway.smpp.text import TextRejected, describe
 
 Publish = Callable[[str, Event], Awaitable[Any]]
+
+
+class FastLane(Protocol):
+    """The fast path of the dispatcher (`Dispatcher.claim_carrier` / `hand_over`)."""
+
+    def claim_carrier(self, to: str) -> str | None: ...
+
+    def hand_over(self, msgs: list[NewMessage]) -> None: ...
 
 log = get_logger("gateway.admit")
 
@@ -94,6 +102,23 @@ def status_event(st: MessageStatus, tz: tzinfo = UTC) -> Event:
     return Event(st.status, fields)
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _memo(fn: Callable[[K], V]) -> Callable[[K], V]:
+    """`fn` with its results kept (for the span of one batch)."""
+    cache: dict[K, V] = {}
+
+    def get(key: K) -> V:
+        try:
+            return cache[key]
+        except KeyError:
+            value = cache[key] = fn(key)
+            return value
+    return get
+
+
 def needs_history(rules: Policies) -> bool:
     """Whether any rule counts earlier messages (so batches must be decided in turn)."""
     return bool(history_since(rules, 0.0)) or bool(rules.otp.prefix_caps)
@@ -115,8 +140,12 @@ class Admission:
         on_accepted: Callable[[], None] = lambda: None,
         on_rejected: Callable[[str, Priority | None], None] = lambda reason, priority: None,
         clock: Callable[[], float] = time.time,
+        fast_lane: FastLane | None = None,
     ) -> None:
         self.store = store
+        # OTP fast path: an OTP due now is stored already claimed by its carrier (SENDING) in
+        # the commit that accepts it and handed to the dispatcher after its `accepted` event.
+        self.fast_lane = fast_lane
         self._publish = publish
         self.routes = routes
         self.rules = rules if rules is not None else Policies()
@@ -131,11 +160,28 @@ class Admission:
         self.prefix_trips: dict[str, int] = {}  # OTP rejected by a prefix cap, per prefix
         self._prefix_logged: dict[str, float] = {}
         self._decide_lock = asyncio.Lock()
+        self._unpublished: dict[object, float] = {}
         self._pending: dict[object, list[tuple[str, BatchEntry, list[str]]]] = {}
 
     async def __call__(self, batch: list[IncomingSubmission]) -> Sequence[AdmitOutcome]:
-        rules = self.rules
         token = object()
+        try:
+            claimed, any_accepted = await self._admit(batch, token)
+        finally:
+            # Held from the time stamped on this batch's rows until its events are queued:
+            # the events checkpoint (`oldest_unpublished`) never passes it meanwhile.
+            self._unpublished.pop(token, None)
+            self._pending.pop(token, None)
+        if claimed:  # after their `accepted` events: `submitted` can only come after
+            assert self.fast_lane is not None
+            self.fast_lane.hand_over(claimed)
+        if any_accepted:
+            self._on_accepted()
+        return [AdmitOutcome(()) for _ in batch]
+
+    async def _admit(self, batch: list[IncomingSubmission], token: object
+                     ) -> tuple[list[NewMessage], bool]:
+        rules = self.rules
         if needs_history(rules):
             # The ingress admits several batches at once (pipelined commits). Rules that count
             # history must see every batch decided before this one, committed or not: reads and
@@ -143,10 +189,12 @@ class Admission:
             # its commit is done (commits still overlap).
             async with self._decide_lock:
                 now = self._clock()
+                self._unpublished[token] = now
                 decided, extras = await self._decide_batch(batch, rules, now)
                 self._pending[token] = self._pending_entries(decided, rules, now)
         else:
             now = self._clock()
+            self._unpublished[token] = now
             decided, extras = await self._decide_batch(batch, rules, now)
         try:
             if _TEST_PAUSE:
@@ -157,13 +205,16 @@ class Admission:
         if _TEST_PAUSE:
             await _test_pause("after")
         any_accepted = False
+        claimed: list[NewMessage] = []
         for d, r in zip(decided, results, strict=True):
-            for event in self._events(d, r, rules, extras.get(d.id)):
+            for event in self._events(d, r, rules, extras.get(d.id), now):
                 await self._publish(d.id, event)
-            any_accepted = any_accepted or (r.inserted and isinstance(d, NewMessage))
-        if any_accepted:
-            self._on_accepted()
-        return [AdmitOutcome(()) for _ in batch]
+            if r.inserted and isinstance(d, NewMessage):
+                if d.claimed_by is not None:
+                    claimed.append(d)
+                else:
+                    any_accepted = True
+        return claimed, any_accepted
 
     async def _decide_batch(self, batch: list[IncomingSubmission], rules: Policies, now: float
                             ) -> tuple[list[NewMessage | NewRejection], dict[str, dict[str, object]]]:
@@ -171,6 +222,9 @@ class Admission:
         extras: dict[str, dict[str, object]] = {}  # id → a rejection's machine-readable details
         subs = [i.submission for i in batch]
         ledger = await self._ledger([s for s in subs if s is not None], rules, now)
+        # Built once per batch, not per message (the config's lookups cost ~2 µs each).
+        opts_of = _memo(self.text_options)
+        age_of = _memo(self.max_age)
         for item, sub in zip(batch, subs, strict=True):
             if sub is None:
                 rej = item.rejection
@@ -179,7 +233,7 @@ class Admission:
                                             detail=rej.detail, created_at=now))
                 continue
             try:
-                decision = self.decide(sub, now, ledger)
+                decision = self.decide(sub, now, ledger, text_options=opts_of, max_age=age_of)
             except Exception as exc:
                 # A bug with one submission must not fail its whole batch again and again (the
                 # ingress retries a failed admit, nothing is acked meanwhile: all intake stops).
@@ -240,14 +294,18 @@ class Admission:
             history = merged
         return BatchLedger(rules, now, history, counts, opted_out)
 
-    def decide(self, sub: Submission, now: float, ledger: BatchLedger) -> NewMessage | Rejection:
-        """One submission against the route table, the text limits and the batch's ledger."""
+    def decide(self, sub: Submission, now: float, ledger: BatchLedger, *,
+               text_options: Callable[[str], TextOptions] | None = None,
+               max_age: Callable[[Priority], float | None] | None = None,
+               ) -> NewMessage | Rejection:
+        """One submission against the route table, the text limits and the batch's ledger.
+        `text_options` / `max_age`: the batch's memoised lookups (default: this admission's)."""
         route = route_for(sub.to, self.routes)
         if not route:
             return Rejection(RejectReason.NO_ROUTE, f"no route for numbers starting {sub.to[:4]}")
         rules = ledger.rules
         text = prepare_text(sub, rules)
-        opts = self.text_options(route[0])
+        opts = (text_options or self.text_options)(route[0])
         try:
             info = describe(text, max_parts=opts.max_parts, reference_bits=opts.reference_bits,
                             gsm_data_coding=opts.gsm_data_coding)
@@ -267,7 +325,7 @@ class Admission:
             assert verdict.until is not None
             due_at = verdict.until.timestamp()
         return NewMessage.from_submission(sub, parts=parts, now=now, text=text,
-                                          max_age_s=self.max_age(sub.priority),
+                                          max_age_s=(max_age or self.max_age)(sub.priority),
                                           due_at=due_at, reason=verdict.reason)
 
     def _prefix_tripped(self, prefix: str, limit: str, now: float) -> None:
@@ -279,7 +337,20 @@ class Admission:
             log.warning("otp_prefix_cap_tripped", prefix=prefix, limit=limit,
                         rejected_so_far=self.prefix_trips[prefix])
 
+    def _claim_otps(self, decided: list[NewMessage | NewRejection]) -> None:
+        """Name the carrier of each OTP due now (in place in `decided`): it is stored SENDING
+        and handed to the dispatcher after the commit (see `FastLane`)."""
+        fast = self.fast_lane
+        if fast is None:
+            return
+        otp, accepted = Priority.OTP, Status.ACCEPTED
+        for d in decided:
+            if (isinstance(d, NewMessage) and d.priority is otp and d.status is accepted
+                    and d.claimed_by is None):
+                d.claimed_by = fast.claim_carrier(d.to)
+
     async def _commit(self, decided: list[NewMessage | NewRejection]) -> list[AcceptResult]:
+        self._claim_otps(decided)
         msgs = [(i, d) for i, d in enumerate(decided) if isinstance(d, NewMessage)]
         rejs = [(i, d) for i, d in enumerate(decided) if isinstance(d, NewRejection)]
         out: list[AcceptResult | None] = [None] * len(decided)
@@ -288,13 +359,31 @@ class Admission:
                                  strict=True):
                 out[i] = r
         if rejs:
-            for (i, _), r in zip(rejs, await self.store.record_rejections([d for _, d in rejs]),
-                                 strict=True):
+            try:
+                results = await self.store.record_rejections([d for _, d in rejs])
+            except BaseException:
+                # The accepted ones are committed (the retry of this batch sees them as
+                # repeats): the claimed OTPs among them must not stay SENDING with no sender.
+                claimed = [d for (i, d) in msgs if d.claimed_by is not None
+                           and (r := out[i]) is not None and r.inserted]
+                if claimed:
+                    assert self.fast_lane is not None
+                    self.fast_lane.hand_over(claimed)
+                raise
+            for (i, _), r in zip(rejs, results, strict=True):
                 out[i] = r
         return [r for r in out if r is not None]
 
+    def oldest_unpublished(self) -> float | None:
+        """The earliest admission time of a batch being committed whose events are not queued
+        yet (for the events checkpoint); None when there is none."""
+        return min(self._unpublished.values(), default=None)
+
     def _events(self, d: NewMessage | NewRejection, r: AcceptResult, rules: Policies,
-                extra: dict[str, object] | None = None) -> list[Event]:
+                extra: dict[str, object] | None = None, now: float | None = None) -> list[Event]:
+        """The events of one decided submission. `at` is its admission time, as stored
+        (`created_at` = `updated_at`), so that a replay after a crash is identical."""
+        at = {} if now is None else {"at": float(now)}
         if not r.inserted:
             self.counters["repeats"] += 1
             return [status_event(r.existing, rules.tz)] if r.existing is not None else []
@@ -304,11 +393,12 @@ class Admission:
             self._on_rejected(d.reason, d.priority if d.to is not None else None)
             # The rule's details (e.g. `limit`, `scope`, `retry_after_s`, `rule`) ride along:
             # a client can back off exactly instead of parsing `detail`.
-            return [Event(Status.REJECTED, {**(extra or {}), "reason": d.reason, "detail": d.detail})]
+            return [Event(Status.REJECTED, {**(extra or {}), **at, "reason": d.reason,
+                                            "detail": d.detail})]
         self.counters["accepted"] += 1
-        events = [Event(Status.ACCEPTED, {"parts": d.parts})]
+        events = [Event(Status.ACCEPTED, {**at, "parts": d.parts})]
         if d.status is Status.DEFERRED and d.due_at is not None:
             self.counters["deferred"] += 1
-            events.append(Event(Status.DEFERRED, {"until": iso_local(d.due_at, rules.tz),
+            events.append(Event(Status.DEFERRED, {**at, "until": iso_local(d.due_at, rules.tz),
                                                   "reason": d.reason or "not_before"}))
         return events

@@ -45,6 +45,7 @@ from gateway.queue.store import (
     DueMessage,
     Final,
     Finalize,
+    NewMessage,
     PartAccepted,
     ReceiptIn,
     Requeue,
@@ -68,6 +69,8 @@ from gateway.queue.lanes import Lanes
 log = get_logger("gateway.dispatch")
 
 Publish = Callable[..., Any]  # async (id, status, **fields)
+_NO_PARTS: frozenset[int] = frozenset()
+FLUSHES_IN_FLIGHT = 2  # result flushes overlapping (see Dispatcher._flush_loop)
 
 
 class Link(Protocol):
@@ -209,10 +212,13 @@ class Dispatcher:
         self.counters: dict[str, int] = {
             "parts_submitted": 0, "responses_ok": 0, "responses_error": 0, "retries": 0,
             "timeouts": 0, "receipts": 0, "receipts_unknown": 0, "rerouted": 0,
-            "internal_errors": 0,
+            "internal_errors": 0, "claimed_at_admission": 0,
         }
         self.responses_by_status: dict[str, int] = {}
         self.receipts_by_state: dict[str, int] = {}
+        # Store writes in progress whose events are not queued yet: token → the earliest
+        # change time among them (for `oldest_unpublished`, the events checkpoint).
+        self._holds: dict[object, float] = {}
 
     # -- carriers --------------------------------------------------------------------------
 
@@ -329,6 +335,54 @@ class Dispatcher:
         """New messages are due (the ingress committed some)."""
         self._feed_wake.set()
 
+    # -- OTP fast path ----------------------------------------------------------------------
+    # An OTP due now is claimed by the admission itself: `claim_carrier` names its carrier, the
+    # admission stores it SENDING through that carrier in the commit that accepts it (as
+    # `mark_sending` would), publishes `accepted`, then `hand_over` puts it straight in the
+    # carrier's OTP lane. No fetch, no second commit, no wait behind the feeder's marketing
+    # batch: one store round trip (the accepting commit) from MQTT to submit_sm. A crash after
+    # the commit leaves it SENDING: requeued with `resent` at restart (`recover_in_flight`).
+    # (Measured for transactional and marketing too, while nothing of theirs is queued: no
+    # gain in CPU or latency, and it costs FIFO guarantees; so OTP only.)
+
+    def claim_carrier(self, to: str) -> str | None:
+        """The carrier an OTP to `to` accepted now goes through, or None: let the feeder take
+        it from the store (not sending, OTPs held at the bound, no route, no carrier up)."""
+        if not self._sending or self._held[Priority.OTP] >= self.settings.held_per_priority:
+            return None
+        route = route_for(to, self.routes)
+        if not route:
+            return None
+        carriers = self.carriers
+        for name in route:
+            lane = carriers.get(name)
+            if lane is not None and not lane.retired and lane.pool.ready:
+                return name
+        return None
+
+    def hand_over(self, msgs: list[NewMessage]) -> None:
+        """OTPs committed SENDING for `msg.claimed_by` (see `claim_carrier`): into the carrier's
+        lane now. One whose carrier went away meanwhile goes back to the queue (never sent)."""
+        now = self._now()
+        woken: dict[str, CarrierLane] = {}
+        for m in msgs:
+            carrier = m.claimed_by
+            lane = self.carriers.get(carrier) if carrier is not None else None
+            if lane is None or lane.retired or not self._sending:
+                self._requeues.append(Requeue(m.id, due_at=now, at=now, carrier=carrier))
+                self._schedule_flush()
+                self._feed_wake.set()
+                continue
+            due = m.created_at if m.due_at is None else m.due_at
+            msg = DueMessage(0, m.id, m.to, m.text, m.priority, m.sender, m.client, m.parts, 0,
+                             False, m.created_at, due, m.expire_at, None, _NO_PARTS)
+            self._held[m.priority] += 1
+            self.counters["claimed_at_admission"] += 1
+            lane.lanes.push(Job(msg=msg, carrier=lane.name, priority=m.priority))
+            woken[lane.name] = lane
+        for lane in woken.values():
+            lane.wake.set()
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -389,7 +443,8 @@ class Dispatcher:
         for t in self._tasks:
             if t.get_name() == "flush" and not t.done():
                 await asyncio.wait([t])  # its flush in progress, if any (the caller bounds us)
-        await self._flush_once()
+        with self._holding(self.oldest_unpublished()):
+            await self._flush_once()
         await self._cancel_tasks()
 
     async def _cancel_tasks(self) -> None:
@@ -408,8 +463,8 @@ class Dispatcher:
     # -- feeding ----------------------------------------------------------------------------
 
     async def _feed_loop(self) -> None:
-        s = self.settings
         while self._sending:
+            s = self.settings
             self._feed_wake.clear()
             more = False
             for prio in Priority:
@@ -426,12 +481,10 @@ class Dispatcher:
                     await asyncio.sleep(1.0)
                     break
                 more = more or got >= limit
-            timeout = 0.0 if more else s.poll_s
-            if timeout:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._feed_wake.wait(), timeout)
-            else:
+            if more:
                 await asyncio.sleep(0)
+            else:
+                await self._sleep_on(self._feed_wake, s.poll_s)
 
     async def _feed_once(self, prio: Priority, limit: int) -> int:
         mono = asyncio.get_running_loop().time()
@@ -488,6 +541,24 @@ class Dispatcher:
             lane.wake.set()
         return fetched
 
+    def oldest_unpublished(self) -> float | None:
+        """The earliest change time (epoch) of a result buffered or being committed whose event
+        is not queued for publishing yet; None when there is none."""
+        times = list(self._holds.values())
+        times += [a.at for a in self._accepted] + [f.at for f in self._finals]
+        times += [r[0].received_at for r in self._receipts] + [q.at for q in self._requeues]
+        return min(times) if times else None
+
+    @contextlib.contextmanager
+    def _holding(self, at: float | None) -> Any:
+        token = object()
+        if at is not None:
+            self._holds[token] = at
+        try:
+            yield
+        finally:
+            self._holds.pop(token, None)
+
     async def _defer_outside_window(self, batch: list[DueMessage], now: float) -> list[DueMessage]:
         """Marketing due outside its sending window goes back DEFERRED to the next opening
         (committed, then `deferred` published); returns the rest of the batch."""
@@ -504,15 +575,16 @@ class Dispatcher:
                 deferrals.append((m, until))
         if not deferrals:
             return batch
-        done = await self.store.requeue([
-            Requeue(m.id, due_at=until.timestamp(), at=now, resent=m.resent,
-                    status=Status.DEFERRED, reason=DEFER_MARKETING_WINDOW)
-            for m, until in deferrals])
-        for (m, until), ok in zip(deferrals, done, strict=True):
-            if ok:
-                await self._publish(m.id, Status.DEFERRED,
-                                    until=until.isoformat(timespec="seconds"),
-                                    reason=DEFER_MARKETING_WINDOW)
+        with self._holding(now):
+            done = await self.store.requeue([
+                Requeue(m.id, due_at=until.timestamp(), at=now, resent=m.resent,
+                        status=Status.DEFERRED, reason=DEFER_MARKETING_WINDOW)
+                for m, until in deferrals])
+            for (m, until), ok in zip(deferrals, done, strict=True):
+                if ok:
+                    await self._publish(m.id, Status.DEFERRED, at=now,
+                                        until=until.isoformat(timespec="seconds"),
+                                        reason=DEFER_MARKETING_WINDOW)
         return keep
 
     # -- sending ----------------------------------------------------------------------------
@@ -593,11 +665,19 @@ class Dispatcher:
             self._settle(lane, job)
 
     async def _sleep_on(self, event: asyncio.Event, timeout: float | None) -> None:
+        """Until `event` is set or `timeout` passes (then `event` is set: the callers clear it
+        before they sleep). A timer, not `wait_for` (a task per call): a sender waiting for
+        its throttle's next token sleeps here once per part."""
         if timeout is None:
             await event.wait()
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
+        if event.is_set():
+            return
+        timer = asyncio.get_running_loop().call_later(max(timeout, 0.0), event.set)
+        try:
+            await event.wait()
+        finally:
+            timer.cancel()
 
     def _start(self, lane: CarrierLane, job: Job) -> bool:
         """Prepare a job's first attempt on this carrier. False when it ended here (popped)."""
@@ -703,12 +783,12 @@ class Dispatcher:
 
     def _settle(self, lane: CarrierLane, job: Job) -> None:
         """Every part of this attempt is answered (or failed): decide what happens next."""
-        now = self._now()
         failure = job.failure
         if failure is None and not job.evacuate:
             if job.encoded is not None and len(job.done) == len(job.encoded.parts):
                 self._release(job)
             return
+        now = self._now()
         if failure is not None:
             kind, status, detail, resent = failure
             job.resent = job.resent or resent
@@ -787,24 +867,52 @@ class Dispatcher:
         self._flush_wake.set()
 
     async def _flush_loop(self) -> None:
-        # Ends between two flushes once `finish` sets `_closing`, never by a cancel inside one:
-        # the store commits what it was given whatever happens to the awaiting task, and those
-        # results' events would be lost (a message final in the store, `delivered` never sent).
-        while not self._closing:
-            await self._flush_wake.wait()
-            self._flush_wake.clear()
-            if self._closing:
-                return  # finish() does the last flush
-            try:
-                await self._flush_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store is down: results are kept and retried
-                log.error("dispatch_flush_failed", error=str(exc))
-                await asyncio.sleep(0.5)
-                self._flush_wake.set()
+        # Up to FLUSHES_IN_FLIGHT flushes overlap: the next one queues its writes while the
+        # previous one commits (the store's writer runs them in call order), so a receipt waits
+        # for about one commit, not for the end of the flush in progress plus its own. Each
+        # flush publishes only after the one before it has (events keep their order).
+        # Flushes run as tasks of their own, never cancelled: the store commits what it was
+        # given whatever happens to the awaiting task, and those results' events would be lost
+        # (a message final in the store, `delivered` never sent). The loop ends between two
+        # flushes once `finish` sets `_closing`, after the ones in flight.
+        loop = asyncio.get_running_loop()
+        running: set[asyncio.Task[None]] = set()
+        turn: asyncio.Future[None] | None = None  # done once the latest flush has published
+        try:
+            while not self._closing:
+                await self._flush_wake.wait()
+                if self._closing:
+                    return  # finish() does the last flush
+                if len(running) >= FLUSHES_IN_FLIGHT:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                self._flush_wake.clear()
+                prev, turn = turn, loop.create_future()
+                task = asyncio.create_task(self._flush_in_turn(prev, turn), name="flush-once")
+                running.add(task)
+                task.add_done_callback(running.discard)
+                await asyncio.sleep(0)  # it takes the buffers and queues its writes now
+        finally:
+            if running:
+                await asyncio.wait(running)
 
-    async def _flush_once(self) -> None:
+    async def _flush_in_turn(self, prev: asyncio.Future[None] | None,
+                             turn: asyncio.Future[None]) -> None:
+        try:
+            # Held from before it takes the buffers until its events are queued.
+            with self._holding(self.oldest_unpublished()):
+                await self._flush_once(prev)
+        except Exception as exc:  # the store is down: results are kept and retried
+            log.error("dispatch_flush_failed", error=str(exc))
+            await asyncio.sleep(0.5)
+            self._flush_wake.set()
+        finally:
+            if not turn.done():
+                turn.set_result(None)
+
+    async def _flush_once(self, publish_after: asyncio.Future[None] | None = None) -> None:
+        """Commit the buffered results, answer the receipts committed, then (once the flush
+        before, `publish_after`, has published) publish the events."""
         accepted, self._accepted = self._accepted, []
         receipts, self._receipts = self._receipts, []
         finals, self._finals = self._finals, []
@@ -845,16 +953,20 @@ class Dispatcher:
         if isinstance(req_outcome, BaseException):
             error = req_outcome
             self._requeues[:0] = requeues
-        for o in part_outcomes:
-            if o.submitted is not None:
-                await self._publish_submitted(o.submitted)
-            if o.final is not None:
-                await self._publish_final(o.final)
+        # Receipts are answered first, as soon as committed: the carrier's window of deliver_sm
+        # frees up without waiting for the events of the whole flush to be built.
         for (_, link, seq, generation), ro in zip(receipts, receipt_outcomes, strict=True):
             if ro.match.value in ("ignored", "early") and ro.message_id is None:
                 self.counters["receipts_unknown"] += 1
             with contextlib.suppress(smpp.LocalProtocolError):
                 link.respond(seq, generation=generation)
+        if publish_after is not None and not publish_after.done():
+            await publish_after
+        for o in part_outcomes:
+            if o.submitted is not None:
+                await self._publish_submitted(o.submitted)
+            if o.final is not None:
+                await self._publish_final(o.final)
         for (_, _, _, _), ro in zip(receipts, receipt_outcomes, strict=True):
             if ro.final is not None:
                 await self._publish_final(ro.final)
@@ -871,7 +983,8 @@ class Dispatcher:
             extra["resent"] = True
         if self._on_submitted is not None:
             self._on_submitted(s)
-        await self._publish(s.id, Status.SUBMITTED, **extra)
+        # `at` is the change's time as stored (`updated_at`): a replay after a crash is identical.
+        await self._publish(s.id, Status.SUBMITTED, at=float(s.at), **extra)
 
     async def _publish_final(self, f: Final) -> None:
         self._tried.pop(f.id, None)
@@ -886,7 +999,7 @@ class Dispatcher:
                                     error=f.error, resent=resent))
         if self._on_final is not None:
             self._on_final(f)
-        await self._publish(f.id, f.status, **extra)
+        await self._publish(f.id, f.status, at=float(f.at), **extra)
 
     # -- expiry -----------------------------------------------------------------------------
 
@@ -903,8 +1016,10 @@ class Dispatcher:
                 log.error("dispatch_expiry_failed", error=str(exc))
 
     async def _expire_once(self) -> None:
-        for f in await self.store.expire_due(self._now()):
-            await self._publish_final(f)
+        now = self._now()
+        with self._holding(now):
+            for f in await self.store.expire_due(now):
+                await self._publish_final(f)
 
     # -- status -----------------------------------------------------------------------------
 

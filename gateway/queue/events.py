@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _JSON_OPTIONS: Final = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 _RESERVED: Final = frozenset({"id", "status"})
+_EVENT_KINDS: Final = {s: f"events/{s.value}" for s in Status}  # the stats' key per status
 
 
 def utc_now() -> datetime:
@@ -62,6 +63,15 @@ def iso_utc_now() -> str:
             cache[2], cache[3] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         cache[0], cache[1] = ms, f"{cache[3]}.{msec:03d}Z"
     return cache[1]  # type: ignore[no-any-return]
+
+
+def iso_epoch(at: float) -> str:
+    """`iso_utc` of epoch seconds, through the store's integer microseconds (rounded) and then
+    truncated to milliseconds: an event stamped with a change's time and its replay stamped
+    with the stored `updated_at` read the same."""
+    ms = round(at * 1_000_000) // 1000
+    sec, msec = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{msec:03d}Z"
 
 
 def iso_utc(at: datetime) -> str:
@@ -126,6 +136,7 @@ class _Out:
     payload: bytes
     kind: str
     done: asyncio.Future[None] | None = None
+    changed_at: float | None = None  # epoch of the state change an event reports
 
 
 @dataclass(slots=True)
@@ -185,16 +196,19 @@ class EventPublisher:
         """
         if ID_RE.fullmatch(id) is None:
             raise ValueError(f"not a valid message id: {id[:80]!r}")
-        status = Status(status)
-        if _RESERVED & fields.keys():
+        if status.__class__ is not Status:
+            status = Status(status)
+        if "id" in fields or "status" in fields:
             raise ValueError(f"fields may not override {sorted(_RESERVED & fields.keys())}")
         at = fields.pop("at", None)
         doc = {"id": id, "status": status.value, "at": self._at(at), **fields}
-        await self._put(_Out(self._events_prefix + id, _dumps(doc), f"events/{status.value}"))
+        changed = at if isinstance(at, float) else time.time()
+        await self._put(_Out(self._events_prefix + id, _dumps(doc), _EVENT_KINDS[status],
+                             changed_at=changed))
 
     async def publish(self, id: str, event: Event, /) -> None:  # noqa: A002
         """Queue an `Event` (what the admit callback and the dispatcher hand over)."""
-        await self.publish_event(id, event.status, **dict(event.fields))
+        await self.publish_event(id, event.status, **event.fields)
 
     async def publish_mo(
         self, from_: str, to: str, text: str, carrier: str, /, **fields: object
@@ -228,6 +242,15 @@ class EventPublisher:
         except TimeoutError:
             return False
         return True
+
+    def oldest_pending(self) -> float | None:
+        """The earliest state change (epoch) whose event is queued or awaiting its PUBACK (a
+        scan: called about once a second, the queue is bounded)."""
+        items = list(self._queue)
+        if self._conn is not None:
+            items.extend(self._conn.in_flight.values())
+        times = [i.changed_at for i in items if i.changed_at is not None]
+        return min(times) if times else None
 
     @property
     def pending(self) -> int:
@@ -331,6 +354,8 @@ class EventPublisher:
     def _at(self, at: object) -> str:
         if at is None:
             return iso_utc_now() if self.clock is utc_now else iso_utc(self.clock())
+        if isinstance(at, float):
+            return iso_epoch(at)
         if isinstance(at, datetime):
             return iso_utc(at)
         return str(at)

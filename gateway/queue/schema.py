@@ -168,6 +168,23 @@ def _history_indexes_v3(messages: sa.Table) -> list[sa.Index]:
     ]
 
 
+def _checkpoints_v4(md: sa.MetaData) -> sa.Table:
+    # Named instants the gateway keeps across restarts, e.g. `events_confirmed_before`: every
+    # event about a change before it was confirmed by the broker (see gateway/queue/replay.py).
+    return sa.Table(
+        "checkpoints",
+        md,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("value", _TS, nullable=False),
+    )
+
+
+def _replay_index_v4(messages: sa.Table) -> sa.Index:
+    # At a restart, the messages changed since `events_confirmed_before` get their status
+    # published again: a range scan of the last moments before the stop.
+    return sa.Index("ix_messages_updated", messages.c.updated_at)
+
+
 def _schema_version(md: sa.MetaData) -> sa.Table:
     return sa.Table(
         "schema_version",
@@ -187,6 +204,8 @@ parts = _parts_v1(metadata)
 opt_outs = _opt_outs_v1(metadata)
 early_receipts = _early_receipts_v2(metadata)
 _history_indexes_v3(messages)
+checkpoints = _checkpoints_v4(metadata)
+_replay_index_v4(messages)
 schema_version = _schema_version(metadata)
 
 
@@ -216,10 +235,16 @@ def _m3(conn: sa.Connection) -> None:
         ix.create(conn)
 
 
+def _m4(conn: sa.Connection) -> None:
+    _checkpoints_v4(sa.MetaData()).create(conn)
+    _replay_index_v4(_messages_v1(sa.MetaData())).create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "messages, parts, opt_outs", _m1),
     Migration(2, "early_receipts: receipts that overtake their submit_sm_resp", _m2),
     Migration(3, "recipient history indexes for the policies", _m3),
+    Migration(4, "checkpoints, and an index to replay events owed after a crash", _m4),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -97,6 +97,7 @@ from gateway.model import (
     Submission,
 )
 from gateway.queue import schema
+from gateway.queue.retry import CommitOutcome
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def _s(v: int | None) -> float | None:
 # Records going in
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
 class NewMessage:
     """An admitted submission, as the ingress hands it to `accept_messages`.
 
@@ -143,6 +144,9 @@ class NewMessage:
     expire_at: float | None = None  # not sent by then → failed expired_in_queue
     status: Status = Status.ACCEPTED
     reason: str | None = None
+    # OTP fast path: claimed for this carrier in the accepting commit (stored SENDING, attempts
+    # 1, like `mark_sending`; `recover_in_flight` requeues it after a crash).
+    claimed_by: str | None = None
 
     @classmethod
     def from_submission(
@@ -201,7 +205,7 @@ class NewRejection:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
 class PartAccepted:
     """submit_sm_resp with status 0 for part `part_no` (1-based) of a message."""
 
@@ -213,7 +217,7 @@ class PartAccepted:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
 class ReceiptIn:
     """A parsed delivery receipt. `norm_ids` are receipts.candidate_ids(id), best first."""
 
@@ -288,7 +292,7 @@ class MessageStatus:
     message_ids: tuple[str, ...]  # the carrier's ids of the accepted parts, in part order
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
 class AcceptResult:
     """Per submitted row: inserted, or a duplicate of an id already seen (with its status)."""
 
@@ -301,7 +305,7 @@ class AcceptResult:
         return not self.inserted
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
 class DueMessage:
     """A QUEUED message whose time has come, as fetch_due returns it to the dispatcher."""
 
@@ -322,7 +326,7 @@ class DueMessage:
     parts_done: frozenset[int]  # parts already accepted by `carrier` (skip them on resend)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
 class Submitted:
     """Payload of a `submitted` event: every part accepted by one carrier."""
 
@@ -336,7 +340,7 @@ class Submitted:
     created_at: float | None = None  # accepted at (for the accepted → submitted latency)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
 class Final:
     """Payload of a final event (delivered / undeliverable / expired / failed)."""
 
@@ -354,7 +358,7 @@ class Final:
     submitted_at: float | None = None  # when the last part was accepted (receipt finals)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
 class PartOutcome:
     """Result of recording one accepted part. `submitted`/`final` are set on the part that
     completed the message (an early receipt applied here can make it final at once)."""
@@ -374,7 +378,7 @@ class ReceiptMatch(enum.StrEnum):
     IGNORED = "ignored"  # no part, and not a final state: nothing worth holding
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
 class ReceiptOutcome:
     match: ReceiptMatch
     message_id: str | None = None
@@ -732,6 +736,18 @@ class _Sql:
         rows = {r[0]: r for r in self.s_status(conn, (self.d.arr(uniq),))}
         mids = self.carrier_ids(conn, [i for i, r in rows.items() if r[2] >= _SENDING])
         return {i: _status_of(r, mids.get(i, ())) for i, r in rows.items()}
+
+    def changed_since(self, conn: Connection, since: float, limit: int) -> list[MessageStatus]:
+        M = schema.messages
+        q = (sa.select(*(M.c[n] for n in _STATUS_NAMES)).where(M.c.updated_at >= _us(since))
+             .order_by(M.c.updated_at, M.c.seq).limit(limit))
+        rows = [tuple(r) for r in conn.execute(q)]
+        mids = self.carrier_ids(conn, [r[0] for r in rows if r[2] >= _SENDING])
+        return [_status_of(r, mids.get(r[0], ())) for r in rows]
+
+    def get_checkpoint(self, conn: Connection, name: str) -> float | None:
+        C = schema.checkpoints
+        return _s(conn.execute(sa.select(C.c.value).where(C.c.name == name)).scalar())
 
     def carrier_ids(self, conn: Connection, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
         if not ids:
@@ -1108,6 +1124,17 @@ class _Sql:
             out.append(len(rows))
         return out
 
+    def set_checkpoints(self, conn: Connection, payloads: list[tuple[str, float]]) -> list[None]:
+        C = schema.checkpoints
+        for name, value in payloads:  # only ever moves forward
+            v = _us(value)
+            cur = conn.execute(sa.select(C.c.value).where(C.c.name == name)).scalar()
+            if cur is None:
+                conn.execute(sa.insert(C).values(name=name, value=v))
+            elif v > cur:
+                conn.execute(sa.update(C).where(C.c.name == name).values(value=v))
+        return [None] * len(payloads)
+
     def purge_early(self, conn: Connection, payloads: list[float]) -> list[int]:
         E = schema.early_receipts
         out: list[int] = []
@@ -1249,6 +1276,7 @@ class _Writer(threading.Thread):
         super().__init__(name="smsgw-store-writer", daemon=True)
         self._busy_ms = busy_ms
         self._engine = engine
+        self._commits = CommitOutcome(engine.dialect.name)
         self._handlers = handlers
         self._deliver = deliver
         self._max_batch = max_batch
@@ -1365,12 +1393,17 @@ class _Writer(threading.Thread):
         delay = 0.005
         for attempt in range(self._max_retries + 1):
             conn = self._connection()
+            xid = out = None
             try:
                 with conn.begin():
+                    xid = self._commits.note(conn)
                     out = self._apply(conn, ops)
                 self._dirty = True
                 return out
             except Exception as exc:
+                if out is not None and self._commits.committed(xid, exc, self._connection):
+                    self._dirty = True
+                    return out  # only the COMMIT's answer was lost (retry.py): not run again
                 if attempt < self._max_retries and _retryable(exc):
                     self.retries += 1
                     log.info("store write contention (%s), retry %d", exc.__class__.__name__, attempt + 1)
@@ -1505,6 +1538,7 @@ class Store:
             "requeue": s.requeue,
             "requeue_sending": s.requeue_sending,
             "add_opt_outs": s.add_opt_outs,
+            "set_checkpoints": s.set_checkpoints,
             "remove_opt_outs": s.remove_opt_outs,
             "purge_messages": s.purge_messages,
             "purge_early": s.purge_early,
@@ -1723,8 +1757,10 @@ class Store:
         created = _us(m.created_at)
         return (m.id, m.to, m.text, len(m.text), self.text_digest(m.text), int(m.priority),
                 m.sender, m.client, created, created if m.due_at is None else _us(m.due_at),
-                None if m.expire_at is None else _us(m.expire_at), _QUEUED, str(m.status),
-                m.reason, None, None, m.parts, 0, False, None, None, created)
+                None if m.expire_at is None else _us(m.expire_at),
+                _QUEUED if m.claimed_by is None else _SENDING, str(m.status), m.reason, None,
+                m.claimed_by, m.parts, 0 if m.claimed_by is None else 1, False, None, None,
+                created)
 
     def _rejection_row(self, r: NewRejection) -> tuple[Any, ...]:
         # No text, ever: only its length and digest.
@@ -1835,6 +1871,17 @@ class Store:
             total += n
             if n < batch:
                 return total
+
+    async def set_checkpoint(self, name: str, value: float) -> None:
+        """Record a named instant; a value older than the one stored is ignored."""
+        await self._write("set_checkpoints", (name, value), 1)
+
+    async def get_checkpoint(self, name: str) -> float | None:
+        return await self._read(self._sql.get_checkpoint, name)
+
+    async def changed_since(self, since: float, limit: int = 100_000) -> list[MessageStatus]:
+        """Messages whose status changed at or after `since`, oldest change first."""
+        return await self._read(self._sql.changed_since, since, limit)
 
     async def purge_early_receipts(self, older_than: float) -> int:
         """Drop held receipts received before `older_than`; returns how many (unknown ids)."""

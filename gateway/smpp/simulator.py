@@ -303,10 +303,10 @@ class SmscSimulator:
         self.mo_sent = 0
         self.deliver_failures = 0  # deliver_sm nacked, timed out or lost with the connection
         self.connections_total = 0
-        #: loop.time() of every TCP connect and of every bind request (fault tests count the
+        #: loop.time() of the last 10,000 TCP connects and bind requests (fault tests count the
         #: peer's reconnects and their spacing with these).
-        self.connect_times: list[float] = []
-        self.bind_times: list[float] = []
+        self.connect_times: deque[float] = deque(maxlen=10_000)
+        self.bind_times: deque[float] = deque(maxlen=10_000)
         #: submit_sm left unanswered by ``stop_answering(submits_only=True)`` (when logging).
         self.held_log: deque[LoggedSubmit] = deque(maxlen=submit_log_size or None)
         #: Status every bind is refused with (a test hook); None: normal checks.

@@ -154,6 +154,22 @@ class Probe:
     def statuses(self, id: str) -> list[str]:  # noqa: A002
         return [e["status"] for e in self.events.get(id, [])]
 
+    def distinct(self, id: str) -> list[dict[str, Any]]:  # noqa: A002
+        """Events of `id` with identical copies dropped: after a crash the gateway publishes
+        again the events it may not have delivered, identical (same `at`), as CONTRACT's
+        consumers deduplicate on (id, status, at)."""
+        seen: set[bytes] = set()
+        out = []
+        for e in self.events.get(id, []):
+            key = orjson.dumps(e, option=orjson.OPT_SORT_KEYS)
+            if key not in seen:
+                seen.add(key)
+                out.append(e)
+        return out
+
+    def distinct_statuses(self, id: str) -> list[str]:  # noqa: A002
+        return [e["status"] for e in self.distinct(id)]
+
     def last(self, id: str) -> dict[str, Any] | None:  # noqa: A002
         evs = self.events.get(id)
         return evs[-1] if evs else None

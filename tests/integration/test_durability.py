@@ -84,7 +84,8 @@ async def test_backlog_survives_sigkill(setup: GatewaySetup) -> None:
         s.kill_daemon(signal.SIGTERM)
         assert await s.wait_exit() == 0
     for d in docs:
-        counts = Counter(p.statuses(d["id"]))
+        # Accepted events of the last moments before the kill may come again, identical.
+        counts = Counter(p.distinct_statuses(d["id"]))
         assert counts["delivered"] == 1 and counts["accepted"] == 1, (d["id"], p.statuses(d["id"]))
         assert "resent" not in p.final(d["id"])  # type: ignore[operator]
     assert_each_text_once(s, docs)
@@ -119,13 +120,12 @@ async def _kill_in_admit(s: GatewaySetup, where: str) -> None:
         assert await s.wait_exit() == 0
     assert sim.submits == 1
     assert sim_texts(sim) == {"8613800138000": ["kill me softly"]}
-    firsts = [e["status"] for e in p.events["k1"] if not e.get("repeat")]
-    if where == "before":
-        assert firsts == ["accepted", "submitted", "delivered"], p.events["k1"]
-    else:
-        # Committed before the kill: the redelivered copy is a repeat (its status published
-        # again), never a second message.
-        assert "accepted" not in firsts and firsts[-1] == "delivered", p.events["k1"]
+    firsts = [e["status"] for e in p.distinct("k1") if not e.get("repeat")]
+    assert firsts == ["accepted", "submitted", "delivered"], p.events["k1"]
+    if where == "after":
+        # Committed before the kill, its `accepted` never published: the restart publishes it
+        # (owed since the last events checkpoint), and the broker's redelivered copy is a
+        # repeat (its status published again), never a second message.
         assert any(e.get("repeat") for e in p.events["k1"]), p.events["k1"]
 
 
