@@ -327,7 +327,7 @@ class Ingress:
         return batch
 
     async def _admit_with_retry(self, items: list[IncomingSubmission]) -> Sequence[AdmitOutcome]:
-        backoff = Backoff(0.05, 5.0)
+        backoff = Backoff(0.05, 2.0)  # the database back: resume within 2 s
         while True:
             try:
                 outcomes = await self.admit(items)
