@@ -5,7 +5,8 @@ Run from the repo root: ``.venv/bin/python -m bench.bench_e2e`` (``--quick`` for
 Options: ``--messages N`` marketing messages per run (default 50,000), ``--backlog LIST`` messages
 already queued in the store before each run (default ``0,10000,1000000``), ``--repeat R`` runs per
 backlog, medians reported (default 3), ``--otp-interval S`` (default 0.05), ``--binds`` /
-``--window`` of the carrier (default 1 / 100), ``--profile py-spy|pyinstrument`` (record the
+``--window`` of the carrier (default 1 / 100), ``--tps`` cap of the carrier (default none: with
+``--rate`` above it, marketing queues in the store and drains while the OTPs come), ``--profile py-spy|pyinstrument`` (record the
 daemon of the first run of each backlog, SVG/HTML kept in ``--keep DIR``), ``--keep DIR`` (keep
 the logs and configs of the runs there).
 
@@ -26,6 +27,8 @@ of that status):
 - accepted/s, submitted/s, delivered/s: from the events on MQTT (OTPs included);
 - OTP latency: publish (publisher's CLOCK_MONOTONIC before the write) → submit_sm read at the
   SMSC (simulator's CLOCK_MONOTONIC), p50 / p99 over the OTPs of the run;
+- receipt latency: a deliver_sm receipt written by the SMSC → its deliver_sm_resp read back
+  (the gateway answers after the commit), p50 / p99;
 - CPU µs per message of the daemon (utime + stime from /proc/<pid>/stat over the run, all its
   threads) and, for the record, of the broker, the simulator and the publisher;
 - peak RSS of the daemon (VmHWM); the load average before the run (the machine is shared).

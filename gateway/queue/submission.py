@@ -237,7 +237,7 @@ def _normalise_text(value: str) -> str | Rejection:
             RejectReason.INVALID_NUMBER, f"to has {len(digits)} digits; E.164 allows at most 15"
         )
     try:
-        number = phonenumbers.parse("+" + digits, None)
+        number = parse_international(digits)
     except NumberParseException as exc:
         problem = _PARSE_ERRORS.get(exc.error_type, "not an international number")
         return Rejection(RejectReason.INVALID_NUMBER, f"to is not a valid number: {problem}")
@@ -256,6 +256,50 @@ def _normalise_text(value: str) -> str | Rejection:
             "no such number range",
         )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def parse_international(digits: str) -> phonenumbers.PhoneNumber:
+    """`phonenumbers.parse("+" + digits, None)` for a string of ASCII digits, ~2x faster.
+
+    The first steps of `parse` (RFC 3966 context, extracting the number from text, the viability
+    regex, the extension) change nothing on "+" and plain digits; this does the rest as `parse`
+    does, with the internals of the pinned phonenumbers (pyproject). Anything unusual (too short
+    to be sure, any error) goes through `parse` itself, so that errors are exactly its own;
+    tests/unit check the outcome equals `parse` over every country code.
+    """
+    if _pn is None or len(digits) < 4:
+        return phonenumbers.parse("+" + digits, None)
+    try:
+        numobj = phonenumbers.PhoneNumber()
+        country_code, national = _pn._maybe_extract_country_code("+" + digits, None, False,
+                                                                 numobj)
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+            country_code, phonenumbers.region_code_for_country_code(country_code))
+        if metadata is None or len(national) < _pn._MIN_LENGTH_FOR_NSN:
+            raise LookupError
+        _, stripped, _ = _pn._maybe_strip_national_prefix_carrier_code(national, metadata)
+        if _pn._test_number_length(stripped, metadata) not in _KEEP_UNSTRIPPED:
+            national = stripped
+        if not _pn._MIN_LENGTH_FOR_NSN <= len(national) <= _pn._MAX_LENGTH_FOR_NSN:
+            raise LookupError
+        _pn._set_italian_leading_zeros_for_phone_number(national, numobj)
+        numobj.national_number = int(national)
+        return numobj
+    except Exception:  # noqa: BLE001 - `parse` decides, and raises its own error
+        return phonenumbers.parse("+" + digits, None)
+
+
+try:
+    import phonenumbers.phonenumberutil as _pn
+
+    _KEEP_UNSTRIPPED: Final = (ValidationResult.TOO_SHORT, ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+                               ValidationResult.INVALID_LENGTH)
+    for _name in ("_maybe_extract_country_code", "_maybe_strip_national_prefix_carrier_code",
+                  "_test_number_length", "_set_italian_leading_zeros_for_phone_number",
+                  "_MIN_LENGTH_FOR_NSN", "_MAX_LENGTH_FOR_NSN"):
+        getattr(_pn, _name)
+except (ImportError, AttributeError):  # another phonenumbers: the plain `parse`
+    _pn = None  # type: ignore[assignment]
 
 
 _PARSE_ERRORS: Final = {
