@@ -189,6 +189,7 @@ async def publish_role(args: argparse.Namespace) -> None:
     pub = await mqtt_connect(args.mqtt_port, Publisher(1000), f"bench-pub-{os.getpid()}")
     assert pub.transport is not None
     topic = f"{args.prefix}/submit".encode()
+    otp_topic = f"{args.prefix}/submit/otp".encode() if args.otp_topic else topic
     run = args.run_id
     otp_sent: dict[str, float] = {}
     flood_done = asyncio.Event()
@@ -206,7 +207,7 @@ async def publish_role(args: argparse.Namespace) -> None:
             payload = orjson.dumps({"id": f"{run}-otp{k}", "to": f"+86139{k % 100_000_000:08d}",
                                     "text": f"Your code is {k % 1_000_000:06d} OTP{k}",
                                     "priority": "otp"})
-            pkt = publish_packet(topic, pub.pid(), payload)
+            pkt = publish_packet(otp_topic, pub.pid(), payload)
             pub.in_flight += 1
             otp_sent[str(k)] = time.monotonic()
             pub.transport.write(pkt)  # type: ignore[union-attr]
@@ -548,6 +549,7 @@ async def one_run(args: argparse.Namespace, backlog: int, template: Path | None,
             pub = await spawn_role("publish", "--mqtt-port", str(broker.port), "--messages",
                                    str(args.messages), "--otp-interval", str(args.otp_interval),
                                    "--rate", str(args.rate),
+                                   *(["--otp-topic"] if args.otp_topic else []),
                                    "--run-id", run_id, "--prefix", PREFIX,
                                    stdin=asyncio.subprocess.PIPE)
             pids["publisher"] = pub.proc.pid
@@ -734,6 +736,9 @@ def main() -> None:
                     help="smoke run: 3,000 messages, backlog 0 and 10,000, one run each")
     ap.add_argument("--profile", choices=("py-spy", "py-spy-gil"), default=None,
                     help="record the daemon during the first run of each backlog (--keep DIR)")
+    ap.add_argument("--otp-topic", action="store_true",
+                    help="publish the OTPs on {prefix}/submit/otp (the gateway's OTP lane, a "
+                         "session of its own) instead of {prefix}/submit behind the flood")
     ap.add_argument("--keep", default=None, metavar="DIR", help="keep logs/configs/profiles")
     ap.add_argument("--verbose", "-v", action="store_true", help="print every run")
     # Internal: the child processes.

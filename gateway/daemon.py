@@ -17,8 +17,9 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from gateway import web
@@ -99,6 +100,7 @@ class Gateway:
         self.store: Store | None = None
         self.publisher: EventPublisher | None = None
         self.ingress: Ingress | None = None
+        self.otp_ingress: Ingress | None = None
         self.dispatcher: Dispatcher | None = None
         self.admission: Admission | None = None
         self.pools: dict[str, CarrierPool] = {}
@@ -161,6 +163,12 @@ class Gateway:
         )
         self.ingress = Ingress(settings, self.admission, publisher)
         self._spawn(self.ingress.run(), "ingress")
+        # The OTP lane on MQTT: `{prefix}/submit/otp` on a session of its own, so that a flood
+        # queued in the broker on `{prefix}/submit` is never in front of an OTP published here.
+        self.otp_ingress = Ingress(
+            replace(settings, client_id=f"{settings.client_id}-otp"), self.admission, publisher,
+            topic=settings.topic("submit", "otp"), receive_maximum=200, max_batches_in_flight=2)
+        self._spawn(self.otp_ingress.run(), "ingress-otp")
 
         listen = cfg.http.listen
         self.http = HttpServer(listen.host, listen.port, {
@@ -219,8 +227,9 @@ class Gateway:
                 self.clock(), (s() for s in self._owed_event_sources()), settled=True))
 
     async def _ready_when_subscribed(self) -> None:
-        assert self.ingress is not None
+        assert self.ingress is not None and self.otp_ingress is not None
         await self.ingress.subscribed.wait()
+        await self.otp_ingress.subscribed.wait()
         self.notifier.notify("READY=1")
         log.info("ready", carriers=len(self.pools))
         interval = self.notifier.watchdog_interval()
@@ -270,16 +279,16 @@ class Gateway:
                 "lanes": dsnap.get("lanes"), "submitted_parts": dsnap.get("submitted_parts"),
                 "host": c.host, "port": c.port,
             }
-        ingress = self.ingress.stats if self.ingress else None
+        lanes = [i.stats for i in (self.ingress, self.otp_ingress) if i is not None]
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
             "carriers": carriers,
             "queue_depth": {p.label: depth.get(p, 0) for p in Priority},
             "dispatch": {k: snap[k] for k in ("held", "parked", "counters", "responses_by_status",
                                               "receipts_by_state")},
-            "ingress": None if ingress is None else {
-                "received": ingress.received, "acked": ingress.acked,
-                "lag": ingress.received - ingress.acked,
+            "ingress": None if not lanes else {
+                "received": sum(x.received for x in lanes), "acked": sum(x.acked for x in lanes),
+                "lag": sum(x.received - x.acked for x in lanes),
             },
             "events_pending": self.publisher.pending if self.publisher else 0,
             "admission": None if self.admission is None else {
@@ -364,9 +373,10 @@ class Gateway:
         timeout = self.cfg.shutdown_timeout_s
         if self.dispatcher is not None:
             await self.dispatcher.stop_sending()  # no submit_sm from here on
-        if self.ingress is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.ingress.stop(), timeout)
+        for ingress in (self.ingress, self.otp_ingress):
+            if ingress is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ingress.stop(), timeout)
         await asyncio.gather(*(p.stop(timeout) for p in self.pools.values()),
                              return_exceptions=True)
         if self.dispatcher is not None:

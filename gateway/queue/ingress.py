@@ -139,8 +139,11 @@ class Ingress:
         max_buffered: int | None = None,
         max_buffered_bytes: int = 32 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        topic: str | None = None,
     ) -> None:
         """
+        topic: the topic subscribed (default `{prefix}/submit`; the daemon runs a second ingress
+            on `{prefix}/submit/otp`, with a client id of its own).
         batch_max: most items per admit call.
         batch_linger_s: after the first message of a batch, wait this long for more (0: take
             what is queued; batches still grow under load while admit calls are busy).
@@ -156,7 +159,7 @@ class Ingress:
         if batch_max < 1 or max_batches_in_flight < 1 or not 1 <= receive_maximum <= 65_535:
             raise ValueError("batch_max, max_batches_in_flight and receive_maximum must be >= 1")
         self.settings = settings
-        self.topic = settings.topic("submit")
+        self.topic = topic or settings.topic("submit")
         self.admit = admit
         self.publisher = publisher
         self.batch_max = batch_max

@@ -16,6 +16,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
+
 from gateway.queue.store import MessageState
 from gateway.smpp.pdu import CommandStatus
 from gateway.smpp.simulator import LoggedSubmit, SmscSimulator
@@ -349,3 +351,40 @@ async def test_reroute_error_moves_the_message_to_the_next_carrier(setup: Gatewa
     assert fin["reason"] == "carrier_rejected", fin
     assert fin["command_status"] == int(CommandStatus.ESME_RSUBMITFAIL), fin
     assert fin["command_status_name"] == "ESME_RSUBMITFAIL", fin
+
+
+async def test_otp_topic_is_not_queued_behind_a_flood_in_the_broker(sqlite_setup: GatewaySetup) -> None:
+    """`{prefix}/submit/otp` (an extension of the contract) has a session of its own: with a
+    flood of marketing waiting in the broker on `{prefix}/submit`, an OTP published on the OTP
+    topic reaches the SMSC while most of the flood is still to be read by the main ingress."""
+    s = sqlite_setup
+    s.add_carrier("alpha", window=100)
+    s.route("", "alpha")
+    sim = await s.start_sim("alpha")
+    await s.start_gateway()  # creates both persistent sessions
+    await s.stop_gateway()
+    flood = [{"id": f"fl{i}", "to": f"+86138{i:08d}", "text": f"Sale {i}",
+              "priority": "marketing"} for i in range(6000)]
+    async with s.probe() as p:
+        await p.publish(flood, chunk=2000)  # queued in the broker for the gateway's session
+        gw = await s.start_gateway(wait_ready=False)
+
+        def otp_at_smsc() -> bool:
+            return any(str(e.pdu.fields["destination_addr"]).endswith("8613912345678")
+                       for e in sim.submit_log)
+
+        await until(lambda: gw.otp_ingress is not None and gw.otp_ingress.subscribed.is_set(),
+                    10, "the OTP ingress")
+        assert p.client is not None
+        await p.client.publish("sms/submit/otp", orjson.dumps(
+            {"id": "lane-otp", "to": "+8613912345678", "text": "Your code is 404040",
+             "priority": "otp"}), qos=1)
+        await until(otp_at_smsc, 20, "the OTP at the SMSC")
+        assert gw.ingress is not None
+        flood_taken_then = gw.ingress.stats.acked  # flood submissions stored by then
+        await p.wait_status(["lane-otp"], "delivered", 20)
+        await p.wait_status([d["id"] for d in flood], "accepted", 60)
+    print(f"\nOTP at the SMSC when the main ingress had stored {flood_taken_then} of {len(flood)}")
+    assert flood_taken_then < len(flood) // 2, flood_taken_then
+    assert p.statuses("lane-otp") == ["accepted", "submitted", "delivered"]
+    assert gw.otp_ingress is not None and gw.otp_ingress.stats.acked == 1
