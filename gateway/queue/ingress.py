@@ -160,6 +160,7 @@ class Ingress:
             raise ValueError("batch_max, max_batches_in_flight and receive_maximum must be >= 1")
         self.settings = settings
         self.topic = topic or settings.topic("submit")
+        self.name = "ingress" if topic is None else "ingress-otp"  # in log lines
         self.admit = admit
         self.publisher = publisher
         self.batch_max = batch_max
@@ -224,7 +225,7 @@ class Ingress:
                     if self._stopping:
                         break
                     delay = backoff.next()
-                    log.warning("ingress: MQTT connection lost or refused (%s); retry in %.2fs", exc, delay)
+                    log.warning("%s: MQTT connection lost or refused (%s); retry in %.2fs", self.name, exc, delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop_requested.wait(), delay)
                 finally:
@@ -255,7 +256,7 @@ class Ingress:
             # e.g. 0x87 not authorised; QoS 0 granted would defeat durability. Retried with backoff.
             raise MqttError(f"subscription to {self.topic} refused (code 0x{code:02X})")
         self.subscribed.set()
-        log.info("ingress: subscribed %s as %s", self.topic, self.settings.client_id)
+        log.info("%s: subscribed %s as %s", self.name, self.topic, self.settings.client_id)
 
     async def _read_until_lost_or_stopped(self, conn: _Connection, acker: asyncio.Task[None]) -> None:
         """Returns on stop(); raises MqttError on a lost connection, or what killed the acker."""
@@ -282,7 +283,7 @@ class Ingress:
         try:
             await asyncio.wait_for(self._pipeline.join(), timeout)
         except TimeoutError:
-            log.warning("ingress: %d batches still in flight at stop", self._pipeline.qsize())
+            log.warning("%s: %d batches still in flight at stop", self.name, self._pipeline.qsize())
 
     # ---- reader ---------------------------------------------------------------------------------
 
@@ -337,7 +338,7 @@ class Ingress:
             except Exception:  # noqa: BLE001 - store trouble: keep the batch, retry, ack nothing
                 self.stats.admit_failures += 1
                 delay = backoff.next()
-                log.exception("ingress: admit failed for %d items; retry in %.2fs", len(items), delay)
+                log.exception("%s: admit failed for %d items; retry in %.2fs", self.name, len(items), delay)
                 await asyncio.sleep(delay)
                 continue
             if len(outcomes) != len(items):
