@@ -1259,6 +1259,11 @@ class _Op:
 _CHECKPOINT = "_checkpoint"
 
 
+# Group commit under a trickle: see `_Writer._linger`.
+LINGER_S = 0.002
+LINGER_ROWS = 16  # rows (operation weights) queued: at least this many, no waiting
+
+
 class _Writer(threading.Thread):
     """Runs queued operations in batches, one transaction per batch, on one connection."""
 
@@ -1314,6 +1319,7 @@ class _Writer(threading.Thread):
                     while not self._queue and not self._closing:
                         if not self._cv.wait(timeout=self._idle_wait()):
                             break  # idle timeout: housekeeping below
+                    self._linger()
                     batch = self._take()
                     closing = self._closing and not self._queue
                 if batch:
@@ -1325,6 +1331,20 @@ class _Writer(threading.Thread):
         finally:
             if self._conn is not None:
                 self._conn.close()
+
+    def _linger(self) -> None:
+        """Only a few rows queued: wait up to `LINGER_S` for more to share the transaction.
+        Under a steady trickle (a paced flood, a carrier capped at its tps) every commit would
+        otherwise carry one or two operations, and a commit's fixed cost (and its fsync) would
+        be paid per message; under load the queue is long already and nothing waits."""
+        if not self._queue or self._closing:
+            return
+        deadline = time.monotonic() + LINGER_S
+        while sum(op.weight for op in self._queue) < LINGER_ROWS and not self._closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(timeout=left)
 
     def _idle_wait(self) -> float | None:
         if self._checkpoint_every is None or not self._dirty:
