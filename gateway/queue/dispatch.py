@@ -195,10 +195,6 @@ class Dispatcher:
         self._held = {p: 0 for p in Priority}
         self._parked: dict[str, float] = {}  # message id → monotonic time of the next look
         self._tried: dict[str, set[str]] = {}  # message id → carriers that answered "reroute"
-        # Ids whose parts may have reached the carrier (a response timeout, a lost connection)
-        # and were retried in memory: the store's `resent` is set only on a requeue, so the
-        # events published from it are told here (until the message's final event).
-        self._resent: set[str] = set()
         self._feed_wake = asyncio.Event()
         self._flush_wake = asyncio.Event()
         self._accepted: list[PartAccepted] = []
@@ -689,7 +685,7 @@ class Dispatcher:
             self._finals.append(Finalize(m.id, Status.FAILED, now,
                                          reason=FailReason.EXPIRED_IN_QUEUE,
                                          detail="not sent within its validity / maximum queue age",
-                                         carrier=lane.name))
+                                         carrier=lane.name, resent=job.resent))
             self._schedule_flush()
             return False
         if job.encoded is None:
@@ -758,7 +754,8 @@ class Dispatcher:
             lane.throttle.on_success(mono)
             job.done.add(index)
             self._accepted.append(PartAccepted(job.msg.id, index + 1, lane.name, ev.message_id,
-                                               canonical_id(ev.message_id), self._now()))
+                                               canonical_id(ev.message_id), self._now(),
+                                               job.resent))
             self._schedule_flush()
         else:
             self.counters["responses_error"] += 1
@@ -792,8 +789,6 @@ class Dispatcher:
         if failure is not None:
             kind, status, detail, resent = failure
             job.resent = job.resent or resent
-            if job.resent:
-                self._resent.add(job.msg.id)
         else:
             kind, status, detail = Kind.TRANSIENT, None, "carrier went down"
         job.failure = None
@@ -801,7 +796,8 @@ class Dispatcher:
         if kind is Kind.PERMANENT:
             self._release(job)
             self._finals.append(Finalize(m.id, Status.FAILED, now, reason=FailReason.CARRIER_REJECTED,
-                                         detail=detail, command_status=status, carrier=lane.name))
+                                         detail=detail, command_status=status, carrier=lane.name,
+                                         resent=job.resent))
         elif kind is Kind.REROUTE:
             self._release(job)
             tried = self._tried.setdefault(m.id, set())
@@ -812,7 +808,8 @@ class Dispatcher:
                 self._tried.pop(m.id, None)
                 self._finals.append(Finalize(m.id, Status.FAILED, now,
                                              reason=FailReason.CARRIER_REJECTED, detail=detail,
-                                             command_status=status, carrier=lane.name))
+                                             command_status=status, carrier=lane.name,
+                                             resent=job.resent))
             else:
                 self.counters["rerouted"] += 1
                 self._requeues.append(Requeue(m.id, due_at=now, at=now, resent=job.resent,
@@ -827,7 +824,8 @@ class Dispatcher:
                 self._release(job)
                 self._finals.append(Finalize(m.id, Status.FAILED, now,
                                              reason=FailReason.RETRIES_EXHAUSTED, detail=detail,
-                                             command_status=status, carrier=lane.name))
+                                             command_status=status, carrier=lane.name,
+                                             resent=job.resent))
             elif job.evacuate or lane.retired or not lane.pool.ready:
                 self._release(job)
                 self._requeues.append(Requeue(m.id, due_at=now, at=now, resent=job.resent,
@@ -979,7 +977,7 @@ class Dispatcher:
     async def _publish_submitted(self, s: Submitted) -> None:
         extra: dict[str, Any] = {"carrier": s.carrier, "parts": s.parts,
                                  "message_ids": list(s.message_ids)}
-        if s.resent or s.id in self._resent:
+        if s.resent:
             extra["resent"] = True
         if self._on_submitted is not None:
             self._on_submitted(s)
@@ -993,10 +991,8 @@ class Dispatcher:
             extra["reason"] = f.reason
         if f.detail:
             extra["detail"] = f.detail
-        resent = f.resent or f.id in self._resent
-        self._resent.discard(f.id)
         extra.update(outcome_fields(carrier=f.carrier, command_status=f.command_status,
-                                    error=f.error, resent=resent))
+                                    error=f.error, resent=f.resent))
         if self._on_final is not None:
             self._on_final(f)
         await self._publish(f.id, f.status, at=float(f.at), **extra)

@@ -215,6 +215,7 @@ class PartAccepted:
     carrier_message_id: str  # exactly as the carrier gave it (published in `submitted`)
     norm_id: str  # receipts.canonical_id(carrier_message_id)
     at: float
+    resent: bool = False  # this attempt may have repeated parts (a retry after a timeout)
 
 
 @dataclass(slots=True, unsafe_hash=True)  # hot: a frozen __init__ costs ~1 µs
@@ -241,6 +242,7 @@ class Finalize:
     command_status: int | None = None
     error: str | None = None
     carrier: str | None = None
+    resent: bool = False  # parts may have gone twice (the final event says `resent: true`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,7 +552,7 @@ def _final_of(m: Mapping[str, Any], f: Finalize, submitted_at: float | None = No
         id=f.id, status=f.status, priority=_PRIORITY_OF[m["priority"]],
         carrier=f.carrier if f.carrier is not None else m["carrier"], reason=f.reason,
         detail=f.detail, command_status=f.command_status, error=f.error,
-        resent=bool(m["resent"]), at=f.at,
+        resent=bool(m["resent"]) or f.resent, at=f.at,
         created_at=None if created is None else created / 1e6, submitted_at=submitted_at,
     )
 
@@ -703,16 +705,18 @@ class _Sql:
             "received_at FROM v")
         # An OTP's text goes in the same statement that makes it submitted or final.
         self.b_submit = _Bulk(
-            d, [("v_carrier", "text"), ("v_at", "bigint"), ("v_id", "text")],
+            d, [("v_carrier", "text"), ("v_at", "bigint"), ("v_resent", "boolean"), ("v_id", "text")],
             f"UPDATE messages SET state = {_SUBMITTED}, status = '{Status.SUBMITTED}', "
-            f"reason = NULL, detail = NULL, carrier = v.v_carrier, updated_at = v.v_at, {purge} "
+            f"reason = NULL, detail = NULL, carrier = v.v_carrier, updated_at = v.v_at, "
+            f"resent = (messages.resent OR v.v_resent), {purge} "
             "FROM v WHERE messages.id = v.v_id")
         self.b_final = _Bulk(
             d, [("v_status", "text"), ("v_reason", "text"), ("v_detail", "text"),
                 ("v_cs", "int"), ("v_error", "text"), ("v_carrier", "text"), ("v_at", "bigint"),
-                ("v_id", "text")],
+                ("v_resent", "boolean"), ("v_id", "text")],
             f"UPDATE messages SET state = {_FINAL}, status = v.v_status, reason = v.v_reason, "
             "detail = v.v_detail, command_status = v.v_cs, error = v.v_error, "
+            "resent = (messages.resent OR v.v_resent), "
             "carrier = COALESCE(v.v_carrier, messages.carrier), updated_at = v.v_at, "
             f"{purge} FROM v WHERE messages.id = v.v_id")
         self.b_requeue = _Bulk(
@@ -778,7 +782,7 @@ class _Sql:
     def _finalize_rows(self, conn: Connection, rows: Sequence[Finalize]) -> None:
         """The one place a message becomes final: state, status, and the OTP text purge."""
         self.b_final(conn, [(str(f.status), f.reason, f.detail, f.command_status, f.error,
-                             f.carrier, _us(f.at), f.id) for f in rows])
+                             f.carrier, _us(f.at), f.resent, f.id) for f in rows])
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -897,7 +901,9 @@ class _Sql:
                 # Accepted while QUEUED too: a late response after a requeue. The message is
                 # with the carrier; the guard in mark_sending stops the resend.
                 m["state"] = _SUBMITTED
-                to_submit.append((p.carrier, _us(p.at), mid))
+                if p.resent:  # a part of this attempt went again: the store says so from now on
+                    m["resent"] = True
+                to_submit.append((p.carrier, _us(p.at), bool(m["resent"]), mid))
                 submitted[mid] = Submitted(
                     id=mid, carrier=p.carrier, parts=m["parts_total"],
                     message_ids=tuple(x["carrier_message_id"] for x in mparts if x is not None),
