@@ -35,7 +35,6 @@ from gateway.routing.policy import (
     BatchLedger,
     PastMessage,
     Verdict,
-    capped_prefixes,
     history_since,
     prefix_count_queries,
     prepare_text,
@@ -190,12 +189,12 @@ class Admission:
             async with self._decide_lock:
                 now = self._clock()
                 self._unpublished[token] = now
-                decided, extras = await self._decide_batch(batch, rules, now)
-                self._pending[token] = self._pending_entries(decided, rules, now)
+                decided, extras, admitted = await self._decide_batch(batch, rules, now)
+                self._pending[token] = admitted
         else:
             now = self._clock()
             self._unpublished[token] = now
-            decided, extras = await self._decide_batch(batch, rules, now)
+            decided, extras, _ = await self._decide_batch(batch, rules, now)
         try:
             if _TEST_PAUSE:
                 await _test_pause("before")
@@ -216,8 +215,12 @@ class Admission:
                     any_accepted = True
         return claimed, any_accepted
 
-    async def _decide_batch(self, batch: list[IncomingSubmission], rules: Policies, now: float
-                            ) -> tuple[list[NewMessage | NewRejection], dict[str, dict[str, object]]]:
+    async def _decide_batch(
+        self, batch: list[IncomingSubmission], rules: Policies, now: float,
+    ) -> tuple[list[NewMessage | NewRejection], dict[str, dict[str, object]],
+               list[tuple[str, BatchEntry, list[str]]]]:
+        """Decisions in arrival order, rejections' details by id, and what the ledger admitted
+        (for `_pending` while the commit runs)."""
         decided: list[NewMessage | NewRejection] = []
         extras: dict[str, dict[str, object]] = {}  # id → a rejection's machine-readable details
         subs = [i.submission for i in batch]
@@ -250,19 +253,7 @@ class Admission:
                     extras[sub.id] = decision.extra
             else:
                 decided.append(decision)
-        return decided, extras
-
-    def _pending_entries(self, decided: Sequence[NewMessage | NewRejection], rules: Policies,
-                         now: float) -> list[tuple[str, BatchEntry, list[str]]]:
-        """What a decided batch adds to the history before its commit: (number, entry, the
-        capped prefixes it counts under)."""
-        out = []
-        for d in decided:
-            if isinstance(d, NewMessage):
-                entry = BatchEntry(d.id, now, d.priority, self.store.text_digest(d.text))
-                prefixes = capped_prefixes(d.to, rules) if d.priority is Priority.OTP else []
-                out.append((d.to, entry, prefixes))
-        return out
+        return decided, extras, ledger.admitted
 
     async def _ledger(self, subs: Sequence[Submission], rules: Policies, now: float) -> BatchLedger:
         """What the rules need for this batch, fetched in a few queries (none when off), plus

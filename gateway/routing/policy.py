@@ -585,10 +585,13 @@ class BatchLedger:
     opted_out: Collection[str] = frozenset()
     _history: dict[str, list[PastMessage]] = field(init=False, repr=False)
     _counts: dict[str, int] = field(init=False, repr=False)
+    # What this batch admitted, in order: (number, entry, the capped prefixes it counts under).
+    admitted: list[tuple[str, BatchEntry, list[str]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._history = {number: list(entries) for number, entries in self.history.items()}
         self._counts = dict(self.prefix_counts)
+        self.admitted = []
 
     def admit(self, sub: Submission, final_text: str, *, digest: str) -> Admission:
         """`admit()` against the batch's running state; records the submission when admitted."""
@@ -601,11 +604,13 @@ class BatchLedger:
 
     def record(self, sub: Submission, digest: str) -> None:
         """Count an admitted submission in this batch's history (and its prefixes, for OTP)."""
-        self._history.setdefault(sub.to, []).append(history_entry(sub, digest, self.now))
-        if sub.priority is Priority.OTP:
-            for prefix in capped_prefixes(sub.to, self.rules):
-                if prefix in self._counts:
-                    self._counts[prefix] += 1
+        entry = history_entry(sub, digest, self.now)
+        self._history.setdefault(sub.to, []).append(entry)
+        prefixes = capped_prefixes(sub.to, self.rules) if sub.priority is Priority.OTP else []
+        for prefix in prefixes:
+            if prefix in self._counts:
+                self._counts[prefix] += 1
+        self.admitted.append((sub.to, entry, prefixes))
 
     def entries(self, number: str) -> list[PastMessage]:
         """The running history of one number (store entries plus this batch's admissions)."""
